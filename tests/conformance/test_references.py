@@ -184,7 +184,7 @@ def test_verl_vanilla_dual_clip():
 def test_verl_sapo_ignores_loss_agg_mode():
     logp, old, adv, mask = two_rows(ratios=((1.3, 0.9), (0.7, 1.0)))
     values = {
-        m: float(verl_policy_loss(logp, old, adv, mask, policy_loss="sapo", loss_agg_mode=m))
+        m: float(verl_policy_loss(logp, old, adv, mask, policy_loss="sapo", loss_agg_mode=m).detach())
         for m in ("token-mean", "token-sum", "seq-mean-token-sum")
     }
     assert len(set(values.values())) == 1
