@@ -1,0 +1,197 @@
+"""companion.viz: controls, frames, the static explorer's HTML, the live widget, the mode switch."""
+
+import base64
+import json
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+
+from companion import viz
+
+
+def bar_chart(height: float, colour: str, offset: float = 0.0):
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.bar([0], [height + offset], color=colour)
+    ax.set_ylim(0, 4)
+    return fig
+
+
+def data_of(html: str) -> dict:
+    match = re.search(r'<script type="application/json" class="cpx-data">(.*?)</script>', html, re.S)
+    assert match, "the static explorer must embed its frames as JSON"
+    return json.loads(match.group(1).replace("<\\/", "</"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# controls
+
+
+def test_tuple_is_an_inclusive_slider():
+    control = viz.as_control("x", (0.0, 1.0, 0.25))
+    assert control.kind == "slider"
+    assert control.values == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert control.labels == ("0", "0.25", "0.5", "0.75", "1")
+
+
+def test_integer_tuple_gives_integers():
+    assert viz.as_control("n", (2, 8, 2)).values == (2, 4, 6, 8)
+
+
+def test_lists_and_dicts():
+    assert viz.as_control("n", [1, 2, 4]).kind == "slider"
+    assert viz.as_control("m", ["a", "b"]).kind == "select"
+    control = viz.as_control("m", {"Dr GRPO": "dr_grpo", "DAPO": "dapo"})
+    assert control.kind == "select"
+    assert control.labels == ("Dr GRPO", "DAPO")
+    assert control.values == ("dr_grpo", "dapo")
+
+
+def test_scalars_are_fixed_arguments():
+    assert viz.as_control("beta", 0.04) is None
+    assert viz.as_control("name", "grpo") is None
+
+
+def test_defaults_and_bad_controls():
+    assert viz.slider([1, 2, 3], default=2).default == 1
+    with pytest.raises(ValueError, match="default"):
+        viz.slider([1, 2, 3], default=5)
+    with pytest.raises(ValueError, match="step"):
+        viz.as_control("x", (0, 1, 0))
+    with pytest.raises(ValueError, match="empty"):
+        viz.as_control("x", [])
+    with pytest.raises(ValueError, match="'x'"):
+        viz.as_control("x", (1, 2))
+
+
+def test_too_many_frames_is_refused():
+    with pytest.raises(ValueError, match="max_frames"):
+        viz.explorer(bar_chart, height=list(range(10)), colour=["C0"] * 10, max_frames=64)
+
+
+def test_explorer_needs_a_control_and_a_callable():
+    with pytest.raises(ValueError, match="control"):
+        viz.explorer(bar_chart, height=1.0, colour="C0")
+    with pytest.raises(TypeError, match="callable"):
+        viz.explorer("not a function", height=[1, 2])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# frames and the static HTML
+
+
+def test_render_closes_figures_and_rejects_other_types():
+    before = len(plt.get_fignums())
+    frame = viz.render(bar_chart(1.0, "C0"))
+    assert frame.kind == "png"
+    assert base64.b64decode(frame.data.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(plt.get_fignums()) == before
+    assert viz.render("<b>hi</b>") == viz.Frame("html", "<b>hi</b>")
+    with pytest.raises(TypeError, match="Figure"):
+        viz.render(42)
+
+
+def test_static_html_holds_every_frame_once():
+    calls = []
+
+    def recorded(height, colour, offset):
+        calls.append((height, colour, offset))
+        return bar_chart(height, colour, offset)
+
+    explorer = viz.explorer(recorded, height=[1, 2, 3], colour={"blue": "C0", "orange": "C1"}, offset=0.5,
+                            mode="static", title="bars")
+    html = explorer.html()
+    data = data_of(html)
+    assert sorted(calls) == sorted((h, c, 0.5) for h in (1, 2, 3) for c in ("C0", "C1"))
+    assert set(data["frames"]) == {f"{i},{j}" for i in range(3) for j in range(2)}
+    assert data["labels"] == [["1", "2", "3"], ["blue", "orange"]]
+    assert data["names"] == ["height", "colour"]
+    # every frame is a real, distinct PNG, and each one is in the page
+    images = [frame["data"] for frame in data["frames"].values()]
+    assert len(set(images)) == 6
+    for image in images:
+        assert image.startswith("data:image/png;base64,")
+        assert image in html
+    # the default frame (first value of each control) is shown before any script runs
+    assert f'src="{data["frames"]["0,0"]["data"]}"' in html
+    # controls: a range input over the three heights, a select with two options
+    assert '<input type="range" min="0" max="2" step="1" value="0" data-control="0"' in html
+    assert html.count("<option ") == 2
+
+
+def test_static_html_is_offline_and_self_contained():
+    html = viz.explorer(bar_chart, height=[1, 2], colour=["C0"], mode="static").html()
+    without_frames = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+    assert "http://" not in without_frames and "https://" not in without_frames
+    assert "//cdn" not in without_frames
+    assert "require(" not in without_frames and "requirejs" not in without_frames
+    assert "<script src" not in without_frames
+    # the script is scoped to its own container id
+    uid = re.search(r'class="companion-explorer" id="(cpx-[0-9a-f]{12})"', html).group(1)
+    assert f'document.getElementById("{uid}")' in html
+
+
+def test_two_explorers_on_one_page_get_distinct_ids():
+    first = viz.explorer(bar_chart, height=[1, 2], colour=["C0"], mode="static").html()
+    second = viz.explorer(bar_chart, height=[1, 2], colour=["C0"], mode="static").html()
+    pattern = r'class="companion-explorer" id="(cpx-[0-9a-f]{12})"'
+    assert re.search(pattern, first).group(1) != re.search(pattern, second).group(1)
+
+
+def test_html_frames_cannot_close_the_data_script():
+    def table(n):
+        return f"<table><tr><td>{n}</td></tr></table><script>var x = 1;</script>"
+
+    html = viz.explorer(table, n=[1, 2], mode="static").html()
+    payload = re.search(r'class="cpx-data">(.*?)</script>', html, re.S).group(1)
+    assert "</script>" not in payload
+    assert data_of(html)["frames"]["1"]["data"].startswith("<table><tr><td>2</td>")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# modes and the live widget
+
+
+def test_mode_follows_the_book_build_variable(monkeypatch):
+    explorer = viz.explorer(bar_chart, height=[1, 2], colour=["C0"])
+    monkeypatch.setenv(viz.BOOK_BUILD_ENV, "1")
+    assert explorer.resolved_mode() == "static"
+    monkeypatch.delenv(viz.BOOK_BUILD_ENV)
+    assert explorer.resolved_mode() == "static"  # no kernel in pytest
+    monkeypatch.setattr(viz, "_in_kernel", lambda: True)
+    assert explorer.resolved_mode() == "live"
+    monkeypatch.setenv(viz.BOOK_BUILD_ENV, "1")
+    assert explorer.resolved_mode() == "static"
+    assert viz.explorer(bar_chart, height=[1, 2], colour=["C0"], mode="live").resolved_mode() == "live"
+
+
+def test_live_widget_uses_the_same_values_and_caches():
+    calls = []
+
+    def counted(height, colour):
+        calls.append(height)
+        return bar_chart(height, colour)
+
+    explorer = viz.explorer(counted, height=(1, 3, 1), colour={"blue": "C0", "orange": "C1"}, mode="live")
+    widget = explorer.widget()
+    sliders = {child.description: child for child in widget.children[:-1]}
+    assert type(sliders["height"]).__name__ == "SelectionSlider"
+    assert [label for label, _ in sliders["height"].options] == ["1", "2", "3"]
+    assert type(sliders["colour"]).__name__ == "Dropdown"
+    assert calls == [1]  # interactive runs fn once for the default values
+    sliders["height"].value = 2
+    sliders["height"].value = 0
+    assert calls == [1, 3]  # returning to the default reuses the cached frame
+    assert len(explorer.frames()) == 6
+
+
+def test_style_is_transparent_and_uses_the_palette():
+    rc = viz.style()
+    assert rc["savefig.transparent"] is True
+    assert rc["figure.facecolor"] == "none"
+    assert rc["axes.prop_cycle"].by_key()["color"] == list(viz.PALETTE)
+    assert viz.style(dark=True)["text.color"] != rc["text.color"]
