@@ -1,0 +1,146 @@
+"""Sphinx glue for the book (loaded through ``sphinx.local_extensions`` in ``_config.yml``).
+
+1. Tells the notebook kernels they run inside the book build: ``COMPANION_BOOK_BUILD=1`` is set in this
+   process's environment, which the kernels myst-nb starts inherit, so ``companion.viz.explorer``
+   renders its static, kernel-free form.
+   Their IPython profile logs errors only (see :func:`quiet_kernels`).
+2. The student edition: ``COMPANION_EDITION=student`` sets sphinx-exercise's ``hide_solutions``.
+3. After the build, prints how long each notebook took to execute (myst-nb's execution records).
+4. Removes duplicated inline scripts from each page: Sphinx 7.4 registers an inline script added after
+   the builder starts twice (once with filename ``None``, once with ``''``), and sphinx-thebe's
+   ``const THEBE_JS_URL`` declared twice is a console error in every page.
+5. The ``companion-api`` directive (used in ``book/api.rst``): one section with ``automodule`` per module
+   of ``companion/`` that exists at build time, so the API page follows the package as it grows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.errors import ConfigError
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
+
+BOOK_BUILD_ENV = "COMPANION_BOOK_BUILD"  # same name as companion.viz.BOOK_BUILD_ENV
+EDITION_ENV = "COMPANION_EDITION"
+EDITIONS = ("full", "student")
+
+logger = logging.getLogger(__name__)
+
+
+def choose_edition(app: Sphinx, config: Config) -> None:
+    """Hide the solutions in the student edition; the full edition (the default) shows them."""
+    edition = os.environ.get(EDITION_ENV, "full").strip().lower() or "full"
+    if edition not in EDITIONS:
+        raise ConfigError(f"{EDITION_ENV} must be one of {EDITIONS}, got {edition!r}")
+    if edition == "student":
+        config.hide_solutions = True
+    shown = "hidden" if config.hide_solutions else "shown"
+    logger.info(f"[companion] edition: {edition} (solutions {shown})")
+
+
+def execution_rows(app: Sphinx) -> list[tuple[str, float | None, str, bool]]:
+    """(docname, seconds, method, succeeded) for every notebook myst-nb has execution data for."""
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    rows = []
+    for docname in sorted(NbMetadataCollector.get_doc_data(app.env)):
+        data: dict[str, Any] | None = NbMetadataCollector.get_exec_data(app.env, docname)
+        if data:
+            rows.append((docname, data.get("runtime"), str(data.get("method")), bool(data.get("succeeded"))))
+    return rows
+
+
+def report_execution_times(app: Sphinx, exception: Exception | None) -> None:
+    """Print a per-notebook execution table at the end of the build."""
+    rows = execution_rows(app)
+    if not rows:
+        return
+    width = max(len(name) for name, *_ in rows)
+    lines = [f"{'notebook':<{width}}  {'seconds':>8}  method  ok"]
+    total = 0.0
+    for name, seconds, method, ok in rows:
+        total += seconds or 0.0
+        shown = f"{seconds:8.1f}" if seconds is not None else "       -"
+        lines.append(f"{name:<{width}}  {shown}  {method:<6}  {'yes' if ok else 'NO'}")
+    lines.append(f"{'total':<{width}}  {total:8.1f}")
+    logger.info("[companion] notebook execution times:\n" + "\n".join(lines), color="green")
+
+
+def drop_duplicate_scripts(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
+                           doctree: Any) -> None:
+    """Keep the first of several identical script entries (same file or same inline body)."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        attributes = getattr(script, "attributes", {})
+        filename = getattr(script, "filename", None) or ""
+        key = (filename, tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "companion"
+# The order of DESIGN.md's module table; modules not listed here follow alphabetically.
+MODULE_ORDER = ("objective", "methods", "prefix", "optim", "theory", "policies", "tasks", "lab", "viz",
+                "exercises")
+
+
+def companion_modules(package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """Top-level modules of the package present on disk, in reading order (subpackages are skipped)."""
+    present = {p.stem for p in package_dir.glob("*.py") if not p.stem.startswith("_")}
+    ordered = [m for m in MODULE_ORDER if m in present]
+    return ordered + sorted(present - set(ordered))
+
+
+class CompanionApi(SphinxDirective):
+    """Emit ``automodule`` sections for every module of ``companion`` (reStructuredText pages only)."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        lines: list[str] = [".. autosummary::", ""]
+        modules = companion_modules()
+        lines += [f"   companion.{name}" for name in modules] + [""]
+        for name in modules:
+            title = f"companion.{name}"
+            lines += [title, "-" * len(title), "", f".. automodule:: {title}", "   :members:", ""]
+        container = nodes.section()
+        container.document = self.state.document
+        nested_parse_with_titles(self.state, StringList(lines, source="companion-api"), container)
+        return container.children
+
+
+def quiet_kernels(build_dir: Path) -> None:
+    """Give the build's kernels an IPython profile that logs errors only.
+
+    ipykernel 7 logs a WARNING-level line about TCP transport at every kernel start; it is not a Sphinx
+    warning, but it makes "zero warnings" impossible to grep for. An IPYTHONDIR the user set is kept.
+    """
+    if "IPYTHONDIR" in os.environ:
+        return
+    profile = build_dir / ".ipython" / "profile_default"
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "ipython_kernel_config.py").write_text('c.IPKernelApp.log_level = "ERROR"\n')
+    os.environ["IPYTHONDIR"] = str(profile.parent)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    os.environ[BOOK_BUILD_ENV] = "1"
+    quiet_kernels(Path(app.outdir).parent)
+    app.connect("config-inited", choose_edition)
+    app.connect("build-finished", report_execution_times)
+    app.connect("html-page-context", drop_duplicate_scripts)
+    app.add_directive("companion-api", CompanionApi)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

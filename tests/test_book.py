@@ -1,0 +1,215 @@
+"""The book's sources: stored notebooks, table of contents, configuration, citations, the edition switch.
+
+The chapters themselves run under nbval (pyproject's testpaths include book/); the built HTML is checked
+in tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+sys.path.insert(0, str(BOOK / "_ext"))
+
+import companion_book  # noqa: E402
+import strip_outputs  # noqa: E402
+
+NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
+PAGES = sorted([*BOOK.glob("*.md"), *BOOK.glob("*.rst"), *NOTEBOOKS])
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+# the paper, every method of Table 1, the extras the book discusses, and the optimizers
+REQUIRED_REFERENCES = {
+    "fontana2026hidden", "shao2024deepseekmath", "deepseekai2025r1", "deepseekai2025v32", "zheng2025gspo",
+    "simoni2025gtpo", "yu2025dapo", "lin2025cppo", "liu2025drgrpo", "chu2025gpg", "minimax2025m1",
+    "wu2025gcpo", "schulman2017ppo", "williams1992reinforce", "ahmadian2024rloo", "kool2019buy4",
+    "hu2025reinforcepp", "gao2025sapo", "zhao2025gmpo", "kingma2015adam", "loshchilov2019adamw",
+}
+
+
+def toc_files(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["file"]] if "file" in node else []
+        found += [node["root"]] if "root" in node else []
+        for value in node.values():
+            found += toc_files(value)
+        return found
+    if isinstance(node, list):
+        return [f for item in node for f in toc_files(item)]
+    return []
+
+
+def bib_keys() -> set[str]:
+    return set(re.findall(r"^@\w+\{([^,\s]+),", (BOOK / "references.bib").read_text(), re.M))
+
+
+def page_text(path: Path) -> str:
+    if path.suffix == ".ipynb":
+        return "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+    return path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_there_are_chapters():
+    assert len(NOTEBOOKS) >= 2
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path: Path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    assert strip_outputs.violations(notebook) == [], f"run: python book/_ext/strip_outputs.py {path.name}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_on_the_default_python_kernel(path: Path):
+    kernelspec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+    assert kernelspec.get("name") == "python3" and kernelspec.get("language") == "python"
+
+
+def test_policy_detects_outputs_and_keeps_check_cells():
+    notebook = nbformat.v4.new_notebook()
+    plain = nbformat.v4.new_code_cell("print(1)", execution_count=3,
+                                      outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")])
+    check = nbformat.v4.new_code_cell(
+        "# NBVAL_CHECK_OUTPUT\nprint(2)", execution_count=4,
+        outputs=[nbformat.v4.new_output("stream", name="stdout", text="2\n"),
+                 nbformat.v4.new_output("display_data", data={"image/png": "iVB", "text/plain": "<Figure>"})])
+    notebook.cells = [plain, check]
+    assert len(strip_outputs.violations(notebook)) == 3
+    strip_outputs.strip(notebook)
+    assert strip_outputs.violations(notebook) == []
+    assert plain.outputs == [] and plain.execution_count is None
+    assert [o.output_type for o in check.outputs] == ["stream", "display_data"]
+    assert check.outputs[1].data == {"text/plain": "<Figure>"} and check.execution_count == 1
+    check.outputs = []
+    assert "no stored output" in strip_outputs.violations(notebook)[0]
+
+
+def test_every_page_is_in_the_toc_and_every_toc_entry_exists():
+    listed = toc_files(TOC)
+    for entry in listed:
+        assert any((ROOT / f"{entry}{suffix}").exists() for suffix in (".md", ".ipynb", ".rst")), entry
+    for page in PAGES:
+        assert page.relative_to(ROOT).with_suffix("").as_posix() in listed, f"{page.name} is not in _toc.yml"
+
+
+def test_configuration_keys_that_matter():
+    assert CONFIG["only_build_toc_files"] is True
+    execute = CONFIG["execute"]
+    assert execute["execute_notebooks"] == "force"
+    assert execute["timeout"] >= 300
+    assert execute["allow_errors"] is False and execute["raise_on_error"] is True
+    sphinx = CONFIG["sphinx"]["config"]
+    assert sphinx["myst_dmath_double_inline"] is True
+    for pattern in ("_build", ".*", "**/.*", ".venv", "book/_vendor", "README.md"):
+        assert pattern in CONFIG["exclude_patterns"]
+    for extension in ("sphinx_proof", "sphinx_exercise"):
+        assert extension in CONFIG["sphinx"]["extra_extensions"]
+    assert CONFIG["launch_buttons"]["colab_url"] and CONFIG["launch_buttons"]["binderhub_url"]
+    assert CONFIG["repository"]["path_to_book"] == ""
+
+
+def test_offline_assets_point_into_the_vendored_folder():
+    sphinx = CONFIG["sphinx"]["config"]
+    assert sphinx["html_static_path"] == ["book/_vendor"]
+    assets = [sphinx["mathjax_path"], *sphinx["nb_ipywidgets_js"]]
+    assert all("://" not in asset for asset in assets)
+    vendor = ROOT / "book" / "_vendor"
+    if not (vendor / "VERSIONS").exists():
+        pytest.fail("vendored assets missing: run .ci/vendor-assets (the install step does)")
+    for asset in assets:
+        assert (vendor / asset).is_file(), asset
+
+
+def test_references_cover_the_paper_and_table_1():
+    keys = bib_keys()
+    assert keys >= REQUIRED_REFERENCES, REQUIRED_REFERENCES - keys
+    entries = re.findall(r"^@\w+\{", (BOOK / "references.bib").read_text(), re.M)
+    assert len(keys) == len(entries), "duplicate key"
+
+
+def test_every_citation_resolves():
+    keys = bib_keys()
+    cited = set()
+    for page in PAGES:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page_text(page)):
+            cited |= {key.strip() for key in group.split(",")}
+    assert cited, "the pages should cite the paper"
+    assert cited <= keys, cited - keys
+
+
+def test_equation_page_lists_every_equation_and_proposition():
+    text = (BOOK / "equations.md").read_text()
+    for number in range(1, 39):
+        assert re.search(rf"\|\s*Eq\. {number}\b", text), f"Eq. {number} is missing"
+    for number in range(1, 8):
+        assert re.search(rf"\|\s*Prop\. {number}\b", text), f"Prop. {number} is missing"
+
+
+def test_api_modules_follow_the_package():
+    modules = companion_book.companion_modules()
+    on_disk = {p.stem for p in (ROOT / "companion").glob("*.py") if not p.stem.startswith("_")}
+    assert set(modules) == on_disk
+    present = [m for m in companion_book.MODULE_ORDER if m in on_disk]
+    assert modules[: len(present)] == present
+
+
+@pytest.mark.parametrize(("value", "hidden"),
+                         [(None, False), ("full", False), ("student", True), ("Student", True)])
+def test_edition_switch(monkeypatch, value, hidden):
+    if value is None:
+        monkeypatch.delenv(companion_book.EDITION_ENV, raising=False)
+    else:
+        monkeypatch.setenv(companion_book.EDITION_ENV, value)
+    config = SimpleNamespace(hide_solutions=False)
+    companion_book.choose_edition(None, config)
+    assert config.hide_solutions is hidden
+
+
+def test_unknown_edition_is_an_error(monkeypatch):
+    from sphinx.errors import ConfigError
+
+    monkeypatch.setenv(companion_book.EDITION_ENV, "teacher")
+    with pytest.raises(ConfigError, match="student"):
+        companion_book.choose_edition(None, SimpleNamespace(hide_solutions=False))
+
+
+def test_student_edition_hides_solutions_in_a_real_build(tmp_path):
+    """A two-directive Sphinx project built with the book's extension, in both editions (with -W)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "conf.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(BOOK / '_ext')!r})\n"
+        "extensions = ['myst_parser', 'sphinx_exercise', 'companion_book']\n"
+        "myst_enable_extensions = ['colon_fence', 'dollarmath']\n"
+    )
+    (source / "index.md").write_text(
+        "# Page\n\n:::{exercise}\n:label: ex1\n\nCompute $A_i$.\n:::\n\n"
+        ":::{solution} ex1\n\nTHE-SOLUTION-TEXT\n:::\n"
+    )
+
+    def build(edition: str) -> str:
+        out = tmp_path / edition
+        env = {**os.environ, companion_book.EDITION_ENV: edition}
+        command = [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(source), str(out)]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return (out / "index.html").read_text()
+
+    full, student = build("full"), build("student")
+    assert "THE-SOLUTION-TEXT" in full and "Compute" in full
+    assert "THE-SOLUTION-TEXT" not in student and "Compute" in student
