@@ -36,7 +36,8 @@ MAX_TABULAR_ENTRIES = 50_000_000
 
 
 def _inverse_cdf(probs: Tensor, uniforms: Tensor, max_token: int) -> Tensor:
-    """Token j with cdf_{j-1} <= u * total < cdf_j; the same u picks the same token while probs agree."""
+    """Token j with cdf_{j-1} <= u * total < cdf_j (probs need not sum to 1); the same u picks the same
+    token as long as the probabilities put j's interval around it."""
     cdf = torch.cumsum(probs.to(torch.float64), dim=-1)
     target = uniforms * cdf[..., -1]
     return (cdf <= target.unsqueeze(-1)).sum(-1).clamp(max=max_token)
@@ -61,11 +62,22 @@ def _token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor, eos_id: int,
     eos_col = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     eos_col[eos_id] = True
     logits = logits.masked_fill(forbid.unsqueeze(-1) & eos_col, float("-inf"))
-    logp_all = torch.log_softmax(logits, dim=-1)
+    logp_all = _log_softmax(logits)
     safe_tokens = tokens.masked_fill(mask == 0, 0)
     logp = logp_all.gather(-1, safe_tokens.unsqueeze(-1)).squeeze(-1).masked_fill(mask == 0, 0.0)
-    entropy = torch.special.entr(logp_all.detach().exp()).sum(-1) * mask
+    finite = logp_all.detach().clamp(min=torch.finfo(logp_all.dtype).min)  # 0 * log 0 = 0 below
+    entropy = -(finite.exp() * finite).sum(-1) * mask
     return logp, entropy
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """log_softmax over the last axis; written out because torch's kernel is ~4x slower on tiny vocabularies."""
+    return logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+def _unnormalised_probs(logits: Tensor) -> Tensor:
+    """exp(logits - max): proportional to the softmax, which is all inverse-CDF sampling needs."""
+    return (logits - logits.amax(dim=-1, keepdim=True)).exp()
 
 
 def _check_vocab(policy_vocab: tuple[str, ...], task: Task) -> None:
@@ -158,7 +170,7 @@ class TabularPolicy(nn.Module):
     def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
                prefix: Tensor | None = None, max_new_tokens: int | None = None,
                min_new_tokens: int | None = None) -> Tensor:
-        """(S, B) prompts -> (S, B*G, max_new_tokens) completions; ``prefix`` (S, B, k) is written, not sampled."""
+        """(S, B) prompts -> (S, B*G, max_new_tokens) completions; ``prefix`` (S, B, k) is written as is."""
         T = task.max_new_tokens if max_new_tokens is None else max_new_tokens
         m = task.min_new_tokens if min_new_tokens is None else min_new_tokens
         self._check(task, T)
@@ -179,8 +191,8 @@ class TabularPolicy(nn.Module):
                 if t < m:
                     logits = logits.clone()
                     logits[..., self.eos_id] = float("-inf")
-                probs = torch.softmax(logits, dim=-1)
-                tokens[..., t] = _inverse_cdf(probs, uniforms[..., t], V - 1 if t < m else V)
+                tokens[..., t] = _inverse_cdf(_unnormalised_probs(logits), uniforms[..., t],
+                                              V - 1 if t < m else V)
             index = index * V + tokens[..., t].clamp(max=V - 1)
         return _fill_after_eos(tokens, self.eos_id)
 
@@ -264,7 +276,7 @@ class GRUPolicy(nn.Module):
             else:
                 if t < m:
                     logits[:, self.eos_id] = float("-inf")
-                tokens[:, t] = _inverse_cdf(torch.softmax(logits, -1), uniforms[:, t],
+                tokens[:, t] = _inverse_cdf(_unnormalised_probs(logits), uniforms[:, t],
                                             self.eos_id - 1 if t < m else self.eos_id)
             out, h = self.gru(self.embed(tokens[:, t:t + 1]), h)
             logits = self.head(out[:, -1])
@@ -389,7 +401,8 @@ class TinyGPT2Policy(nn.Module):
                                   eos_token_id=self.eos_id, suppress_tokens=self._extra_token_ids())
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(rng_seed)
-            out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config)
+            out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs),
+                                      generation_config=config)
         tokens = out[:, prompts.shape[1]:]
         tokens = tokens.masked_fill(tokens == self.pad_id, self.eos_id)
         tokens = nn.functional.pad(tokens, (0, T - tokens.shape[1]), value=self.eos_id)

@@ -1,0 +1,348 @@
+"""The lab: sample B prompts x G completions, then mu optimizer steps on that fixed batch (the GRPO loop).
+
+Every chapter trains with ``train``; a run is a few lines::
+
+    import companion as cp
+    task = cp.make_task("pick", length="short")
+    policy = cp.TabularPolicy.for_task(task, num_seeds=64)          # or GRUPolicy / TinyGPT2Policy
+    hist = cp.lab.train(policy, task, cp.Objective.preset("grpo"), steps=100, group_size=8, inner_steps=2)
+    hist["reward"].shape                                            # (100 * 2, 64): one row per inner step
+
+Outer step k: draw ``prompts_per_step`` prompts and ``group_size`` completions each (groups contiguous),
+score them with the task's verifiable reward, and compute pi_old (the current policy) and pi_ref (the
+policy at the start of training) log-probs. Then ``inner_steps`` times: log-probs under theta, the
+objective's loss (Eq. 1), backward, optimizer step, one record.
+
+Sampling modes: ``"on_policy"`` samples from the current policy with each seed's shared random stream, so
+runs that differ only in, say, ``task.reward_scale`` see the same random numbers and diverge only when their
+parameters choose differently; ``"fixed"`` samples from the frozen initial policy, so the data never depend
+on theta (exact comparisons of objectives or optimizers on the same batches).
+
+Seeds: a policy with S seeds (``TabularPolicy(num_seeds=S)``) trains S independent runs in one tensor
+program; seed s uses ``seed + s`` and its records equal those of a single-seed run with that seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from companion.tasks import Task
+
+Sampling = Literal["on_policy", "fixed"]
+SAMPLING_MODES = ("on_policy", "fixed")
+PROGRESS_AFTER_SECONDS = 3.0
+OptimizerSpec = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer] | None
+
+
+@dataclass
+class History:
+    """Columnar records, one row per inner step. ``h[name]`` is a numpy array.
+
+    Shapes: (R,) for a single-seed policy and (R, S) for S seeds; ``prefix_prob`` adds a last axis over the
+    template tokens. ``outer_step`` and ``inner_step`` are (R,) integers. Columns: reward, accuracy, length,
+    entropy, kl_old, kl_ref, ratio_min, ratio_max, loss, the objective's clip fractions, ``prefix_prob``
+    (with a template) and ``opt_*`` (optimizer diagnostics, when the optimizer keeps a ``history``).
+    """
+
+    columns: dict[str, np.ndarray]
+    num_seeds: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; columns: {sorted(self.columns)}")
+        return self.columns[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def __len__(self) -> int:
+        return len(self.columns["outer_step"])
+
+    def keys(self) -> list[str]:
+        return list(self.columns)
+
+    def seed(self, s: int) -> History:
+        """The records of seed index s alone (as a single-seed History)."""
+        if self.num_seeds == 1:
+            return self
+        cols = {k: (v if v.ndim == 1 else v[:, s]) for k, v in self.columns.items()}
+        return History(cols, 1, self.config)
+
+    def outer(self, name: str) -> np.ndarray:
+        """``h[name]`` at the first inner step of every outer step (one row per batch)."""
+        return self[name][self.columns["inner_step"] == 0]
+
+    def __repr__(self) -> str:
+        return f"History({len(self)} records, {self.num_seeds} seed(s), columns={sorted(self.columns)})"
+
+
+# --- set-up helpers ------------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when present, else CPU (or what the caller names)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device) -> Iterator[None]:
+    """On CPU run with ``COMPANION_THREADS`` threads (default 1: tiny models are fastest that way)."""
+    if device.type != "cpu":
+        yield
+        return
+    raw = os.environ.get("COMPANION_THREADS", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"COMPANION_THREADS must be a positive integer, got {raw!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(raw))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if optimizer is None:
+        return torch.optim.AdamW(params, lr=lr)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if callable(optimizer):
+        return optimizer(params)
+    raise TypeError(f"optimizer must be a torch optimizer, a callable params -> optimizer, or None; "
+                    f"got {type(optimizer).__name__}")
+
+
+def _check_arguments(task: Task, steps: int, group_size: int, prompts_per_step: int, inner_steps: int,
+                     sampling: str) -> None:
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a companion Task (cp.make_task(...)), got {type(task).__name__}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2: group-relative advantages (Eq. 2) compare each "
+                         f"completion with the rest of its group; got {group_size}")
+    for name, value, low in (("steps", steps, 0), ("prompts_per_step", prompts_per_step, 1),
+                             ("inner_steps", inner_steps, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+
+
+# --- statistics per seed -------------------------------------------------------------------------------
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """(S, N, T) -> (S,): mean over every token in the loss."""
+    return (x * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+
+
+def _k3(log_ratio: Tensor) -> Tensor:
+    """k3 estimator of KL per token: exp(d) - d - 1 with d = log(pi_other / pi_theta) (Table 1's D_KL)."""
+    return torch.expm1(log_ratio) - log_ratio
+
+
+def _masked_extreme(x: Tensor, mask: Tensor, largest: bool) -> Tensor:
+    fill = float("-inf") if largest else float("inf")
+    x = x.masked_fill(mask == 0, fill).flatten(1)
+    return x.amax(1) if largest else x.amin(1)
+
+
+def _loss_fields(out: Any) -> dict[str, Tensor]:
+    """The loss and the objective's scalar diagnostics (clip fractions ...) of one LossOutput."""
+    fields = {"loss": out.loss}
+    for name, value in vars(out).items():
+        if name != "loss" and isinstance(value, Tensor) and value.dim() == 0:
+            fields[name] = value
+    return fields
+
+
+def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor,
+                  ref: Tensor | None) -> dict[str, Tensor]:
+    """The objective applied to each seed's batch separately: (S, N, T) inputs -> {name: (S,)}.
+
+    Each seed's loss sees only its own batch (token-sum denominators such as DAPO's never mix seeds), and
+    the sum over seeds has, for each seed's parameters, exactly that seed's gradient.
+    """
+    def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None) -> dict[str, Tensor]:
+        return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r))
+
+    if logp.shape[0] == 1:
+        fields = one(logp[0], old[0], adv[0], mask[0], None if ref is None else ref[0])
+        return {k: v.reshape(1) for k, v in fields.items()}
+    return torch.func.vmap(one, in_dims=(0, 0, 0, 0, None if ref is None else 0))(logp, old, adv, mask, ref)
+
+
+def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int) -> Tensor:
+    """(S, N) rewards -> (S, N) advantages, each seed's groups on their own."""
+    if rewards.shape[0] == 1:
+        return objective.advantages(rewards[0], group_size=group_size).unsqueeze(0)
+    return torch.func.vmap(lambda r: objective.advantages(r, group_size=group_size))(rewards)
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+def _prefix(policy: nn.Module, task: Task, prompt_idx: Tensor,
+            generators: list[torch.Generator]) -> Tensor | None:
+    """The template prefix per prompt, (S, B, k): forced = the template, shared = sampled once per group."""
+    if task.prefix_len == 0 or task.template_mode == "sampled":
+        return None
+    if task.template_mode == "forced":
+        return task.template_ids.to(prompt_idx.device).expand(*prompt_idx.shape, -1)
+    k = task.prefix_len
+    return policy.sample(task, prompt_idx, 1, generators, max_new_tokens=k, min_new_tokens=k)
+
+
+def _prefix_probs(policy: nn.Module, task: Task, prompt_idx: Tensor, completions: Tensor,
+                  logp: Tensor) -> Tensor:
+    """(S, k): mean over the batch of pi(prefix token t | x, prefix_<t), for the prefix the mode uses."""
+    k = task.prefix_len
+    if task.template_mode == "shared":
+        return logp[..., :k].detach().exp().mean(1)
+    template = task.template_ids.to(completions.device)
+    forced = torch.full_like(completions, task.eos_id)
+    forced[..., :k] = template
+    with torch.no_grad():
+        lp, _ = policy.logprobs(task, prompt_idx, forced)
+    return lp[..., :k].exp().mean(1)
+
+
+def _optimizer_fields(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """The latest per-step diagnostics of an optimizer that keeps a ``history`` (InstrumentedAdamW)."""
+    history = getattr(optimizer, "history", None)
+    if not history:
+        return {}
+    last = history[-1] if isinstance(history, list) else {k: v[-1] for k, v in history.items() if len(v)}
+    return {f"opt_{k}": torch.as_tensor(v, dtype=torch.float64).reshape(-1)[:1]
+            for k, v in last.items() if isinstance(v, int | float | Tensor) and torch.as_tensor(v).numel() == 1}
+
+
+def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: OptimizerSpec = None, lr: float = 1e-2,
+          steps: int = 50, group_size: int = 8, prompts_per_step: int = 4, inner_steps: int = 1,
+          seed: int = 0, sampling: Sampling = "on_policy", device: str | torch.device | None = None,
+          progress: bool | None = None) -> History:
+    """Train ``policy`` on ``task`` with ``objective`` for ``steps`` outer steps; return the History.
+
+    optimizer: a torch optimizer over ``policy.parameters()``, a callable ``params -> optimizer`` (e.g.
+        ``lambda p: cp.InstrumentedAdamW(p, lr=1e-2)``), or None for ``torch.optim.AdamW(lr=lr)``.
+    group_size: G >= 2 completions per prompt; prompts_per_step: B prompts per outer step.
+    inner_steps: mu optimizer steps on each fixed batch (pi_old is the policy at the start of the batch).
+    seed: seed of the first run; seed index s of a multi-seed policy uses ``seed + s``.
+    sampling: ``"on_policy"`` (current policy, shared random numbers) or ``"fixed"`` (frozen initial policy).
+    device: None picks CUDA when present, else CPU (with ``COMPANION_THREADS`` threads, default 1).
+    progress: tqdm bar; None shows one when the run looks longer than a few seconds, outside pytest.
+    """
+    _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling)
+    dev = resolve_device(device)
+    with cpu_threads(dev):
+        policy.to(dev)
+        reference = copy.deepcopy(policy).requires_grad_(False)
+        opt = _build_optimizer(optimizer, [p for p in policy.parameters() if p.requires_grad], lr)
+        generators = [torch.Generator().manual_seed(seed + s) for s in range(policy.num_seeds)]
+        records: dict[str, list[Tensor]] = {}
+        bar, start = None, time.perf_counter()
+        for k in range(steps):
+            batch = _rollout(policy, reference, task, objective, generators, prompts_per_step, group_size,
+                             sampling, dev)
+            for i in range(inner_steps):
+                row = _inner_step(policy, task, objective, opt, batch)
+                row["outer_step"], row["inner_step"] = torch.tensor([k]), torch.tensor([i])
+                for name, value in row.items():
+                    records.setdefault(name, []).append(value.detach())
+            bar = _advance_progress(bar, progress, k + 1, steps, time.perf_counter() - start)
+        if bar is not None:
+            bar.close()
+    config = dict(task=task.name, objective=getattr(objective, "name", type(objective).__name__),
+                  steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
+                  inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev))
+    return History(_stack(records), policy.num_seeds, config)
+
+
+@dataclass
+class Batch:
+    """One outer step's fixed data, every tensor with a leading seed axis."""
+
+    prompt_idx: Tensor  # (S, N) prompt of each completion
+    completions: Tensor  # (S, N, T)
+    mask: Tensor  # (S, N, T) tokens in the loss
+    rewards: Tensor  # (S, N)
+    correct: Tensor  # (S, N)
+    advantages: Tensor  # (S, N)
+    ref_logprobs: Tensor  # (S, N, T)
+    old_logprobs: Tensor | None = None  # (S, N, T), set by the first inner step
+
+
+@torch.no_grad()
+def _rollout(policy: nn.Module, reference: nn.Module, task: Task, objective: Any,
+             generators: list[torch.Generator], prompts_per_step: int, group_size: int, sampling: str,
+             device: torch.device) -> Batch:
+    """Sample B prompts x G completions, score them, and compute pi_ref log-probs (pi_old comes from the
+    first inner step's forward pass, where theta = theta_old)."""
+    sampler = policy if sampling == "on_policy" else reference
+    prompts = torch.stack([task.sample_prompts(prompts_per_step, g) for g in generators]).to(device)
+    prefix = _prefix(sampler, task, prompts, generators)
+    completions = sampler.sample(task, prompts, group_size, generators, prefix=prefix)
+    prompt_idx = prompts.repeat_interleave(group_size, dim=1)
+    ref, _ = reference.logprobs(task, prompt_idx, completions)
+    rewards = task.reward(prompt_idx, completions).to(ref.dtype)
+    return Batch(prompt_idx=prompt_idx, completions=completions,
+                 mask=task.completion_mask(completions).to(ref.dtype), rewards=rewards,
+                 correct=task.is_correct(prompt_idx, completions).to(ref.dtype),
+                 advantages=seedwise_advantages(objective, rewards, group_size), ref_logprobs=ref)
+
+
+def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.Optimizer,
+                b: Batch) -> dict[str, Tensor]:
+    """One optimizer step on the fixed batch; returns the record (statistics before the update)."""
+    logp, entropy = policy.logprobs(task, b.prompt_idx, b.completions)
+    if b.old_logprobs is None:  # pi_old is theta at the first inner step: reuse that forward pass
+        b.old_logprobs = logp.detach()
+    fields = seedwise_loss(objective, logp, b.old_logprobs, b.advantages, b.mask, b.ref_logprobs)
+    opt.zero_grad(set_to_none=True)
+    fields["loss"].sum().backward()
+    opt.step()
+    lp = logp.detach()
+    row = {
+        "reward": b.rewards.mean(1), "accuracy": b.correct.mean(1), "length": b.mask.sum(2).mean(1),
+        "entropy": _masked_mean(entropy, b.mask),
+        "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask),
+        "kl_ref": _masked_mean(_k3(b.ref_logprobs - lp), b.mask),
+        "ratio_min": _masked_extreme((lp - b.old_logprobs).exp(), b.mask, largest=False),
+        "ratio_max": _masked_extreme((lp - b.old_logprobs).exp(), b.mask, largest=True),
+        **fields,
+    }
+    if task.prefix_len > 0:
+        row["prefix_prob"] = _prefix_probs(policy, task, b.prompt_idx, b.completions, lp)
+    row.update(_optimizer_fields(opt))
+    return row
+
+
+def _stack(records: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:
+    """Lists of per-step tensors -> numpy columns; a length-1 seed axis (one seed, or a global value such as
+    the step counters and the optimizer's diagnostics) is dropped."""
+    columns = {}
+    for name, values in records.items():
+        array = torch.stack(values).cpu().numpy()
+        columns[name] = array[:, 0] if array.shape[1] == 1 else array
+    return columns
+
+
+def _advance_progress(bar: Any, progress: bool | None, done: int, total: int, elapsed: float) -> Any:
+    """Open a tqdm bar when asked, or (auto) when the run looks longer than a few seconds outside pytest."""
+    if bar is not None:
+        bar.update(1)
+        return bar
+    if progress is False or done == total:
+        return None
+    auto = "PYTEST_CURRENT_TEST" not in os.environ and elapsed / done * total > PROGRESS_AFTER_SECONDS
+    if progress or auto:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=done, desc="train", unit="step", leave=False)
+    return None
