@@ -112,7 +112,8 @@ def cpu_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter],
+                     lr: float) -> torch.optim.Optimizer:
     if optimizer is None:
         return torch.optim.AdamW(params, lr=lr)
     if isinstance(optimizer, torch.optim.Optimizer):

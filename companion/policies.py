@@ -71,7 +71,7 @@ def _token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor, eos_id: int,
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
-    """log_softmax over the last axis; written out because torch's kernel is ~4x slower on tiny vocabularies."""
+    """log_softmax over the last axis, written out: torch's kernel is ~4x slower on tiny vocabularies."""
     return logits - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
