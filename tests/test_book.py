@@ -213,3 +213,14 @@ def test_student_edition_hides_solutions_in_a_real_build(tmp_path):
     full, student = build("full"), build("student")
     assert "THE-SOLUTION-TEXT" in full and "Compute" in full
     assert "THE-SOLUTION-TEXT" not in student and "Compute" in student
+
+
+def test_plain_text_docstrings_become_valid_rst():
+    lines = ["Summary.", "", "optimizer: a torch optimizer (e.g.", "    ``AdamW``), or None.",
+             "group_size: G >= 2.", "- item", "  continued", "- next"]
+    companion_book.separate_dedents(None, "function", "f", None, None, lines)
+    assert lines == ["Summary.", "", "optimizer: a torch optimizer (e.g.", "    ``AdamW``), or None.", "",
+                     "group_size: G >= 2.", "- item", "  continued", "", "- next"]
+    untouched = ["One line.", "", "    an indented block", "", "Back."]
+    companion_book.separate_dedents(None, "function", "f", None, None, untouched)
+    assert untouched == ["One line.", "", "    an indented block", "", "Back."]

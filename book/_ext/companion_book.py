@@ -9,7 +9,10 @@
 4. Removes duplicated inline scripts from each page: Sphinx 7.4 registers an inline script added after
    the builder starts twice (once with filename ``None``, once with ``''``), and sphinx-thebe's
    ``const THEBE_JS_URL`` declared twice is a console error in every page.
-5. The ``companion-api`` directive (used in ``book/api.rst``): one section with ``automodule`` per module
+5. Docstrings written as plain text ("name: description" with indented continuation lines) are made
+   valid reStructuredText for autodoc by a blank line wherever indentation drops (see
+   :func:`separate_dedents`), so a new module cannot break the ``-W`` build with layout alone.
+6. The ``companion-api`` directive (used in ``book/api.rst``): one section with ``automodule`` per module
    of ``companion/`` that exists at build time, so the API page follows the package as it grows.
 """
 
@@ -91,6 +94,24 @@ def drop_duplicate_scripts(app: Sphinx, pagename: str, templatename: str, contex
     scripts[:] = unique
 
 
+def separate_dedents(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+    """Insert a blank line where a non-blank line is less indented than the non-blank line before it.
+
+    reStructuredText reads "term\n    indented text\nnext" as a definition list that "ends without a
+    blank line" (a warning, an error under -W). A blank line there keeps the meaning and the layout.
+    """
+    fixed: list[str] = []
+    previous_indent: int | None = None
+    for line in lines:
+        if line.strip():
+            indent = len(line) - len(line.lstrip())
+            if previous_indent is not None and indent < previous_indent and fixed and fixed[-1].strip():
+                fixed.append("")
+            previous_indent = indent
+        fixed.append(line)
+    lines[:] = fixed
+
+
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "companion"
 # The order of DESIGN.md's module table; modules not listed here follow alphabetically.
 MODULE_ORDER = ("objective", "methods", "prefix", "optim", "theory", "policies", "tasks", "lab", "viz",
@@ -137,10 +158,12 @@ def quiet_kernels(build_dir: Path) -> None:
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.setup_extension("sphinx.ext.autodoc")  # its events are connected below
     os.environ[BOOK_BUILD_ENV] = "1"
     quiet_kernels(Path(app.outdir).parent)
     app.connect("config-inited", choose_edition)
     app.connect("build-finished", report_execution_times)
     app.connect("html-page-context", drop_duplicate_scripts)
+    app.connect("autodoc-process-docstring", separate_dedents)
     app.add_directive("companion-api", CompanionApi)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
