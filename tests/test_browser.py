@@ -50,8 +50,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("COMPANION_SKIP_BROWSER") == "1",
 
 def book_sources() -> list[Path]:
     sources = [ROOT / "_config.yml", ROOT / "_toc.yml"]
-    sources += [p for p in (ROOT / "book").rglob("*") if p.is_file() and "_vendor" not in p.parts]
-    sources += list((ROOT / "companion").rglob("*.py"))
+    skip = {"_vendor", "__pycache__", ".ipynb_checkpoints"}
+    sources += [p for p in (ROOT / "book").rglob("*") if p.is_file() and not skip & set(p.parts)]
+    sources += [p for p in (ROOT / "companion").rglob("*.py") if "__pycache__" not in p.parts]
     return sources
 
 
