@@ -335,11 +335,11 @@ class TinyGPT2Policy(nn.Module):
         if model is None:
             config = GPT2Config(vocab_size=len(self.tokenizer), n_positions=n_positions, n_embd=n_embd,
                                 n_layer=n_layer, n_head=n_head, bos_token_id=self.eos_id,
-                                eos_token_id=self.eos_id)
+                                eos_token_id=self.eos_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = GPT2LMHeadModel(config)
-        self.model = model
+        self.model = model.eval()  # no dropout: pi_theta must be a function of theta (ratio = 1 at s = 1)
         self._check_tokenizer()
 
     @classmethod
