@@ -25,6 +25,11 @@ _EXPORTS: dict[str, str] = {
     # optim.py, theory.py: Props 2, 3, 7
     "InstrumentedAdamW": "optim",
     # lab.py, policies.py, tasks.py
+    "TabularPolicy": "policies",
+    "GRUPolicy": "policies",
+    "TinyGPT2Policy": "policies",
+    "Task": "tasks",
+    "make_task": "tasks",
 }
 
 _SUBMODULES = ("objective", "methods", "prefix", "optim", "theory", "policies", "tasks", "lab", "viz",

@@ -214,14 +214,18 @@ def _prefix_probs(policy: nn.Module, task: Task, prompt_idx: Tensor, completions
     return lp[..., :k].exp().mean(1)
 
 
-def _optimizer_fields(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
-    """The latest per-step diagnostics of an optimizer that keeps a ``history`` (InstrumentedAdamW)."""
+def _optimizer_columns(optimizer: torch.optim.Optimizer, first_row: int, rows: int) -> dict[str, np.ndarray]:
+    """The optimizer's own per-step record (``InstrumentedAdamW.history``), one row per inner step, as
+    ``opt_<key>`` columns; totals only (per-group columns stay in ``optimizer.history``)."""
     history = getattr(optimizer, "history", None)
-    if not history:
+    if history is None or not hasattr(history, "keys"):
         return {}
-    last = history[-1] if isinstance(history, list) else {k: v[-1] for k, v in history.items() if len(v)}
-    return {f"opt_{k}": torch.as_tensor(v, dtype=torch.float64).reshape(-1)[:1]
-            for k, v in last.items() if isinstance(v, int | float | Tensor) and torch.as_tensor(v).numel() == 1}
+    columns = {}
+    for key in history.keys():  # noqa: SIM118 (optim's History has keys(), no __iter__)
+        values = np.asarray(history[key])[first_row:]
+        if "/" not in key and len(values) == rows:
+            columns[f"opt_{key}"] = values
+    return columns
 
 
 def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: OptimizerSpec = None, lr: float = 1e-2,
@@ -246,9 +250,12 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
         reference = copy.deepcopy(policy).requires_grad_(False)
         opt = _build_optimizer(optimizer, [p for p in policy.parameters() if p.requires_grad], lr)
         generators = [torch.Generator().manual_seed(seed + s) for s in range(policy.num_seeds)]
+        first_opt_row = len(getattr(opt, "history", ()))
         records: dict[str, list[Tensor]] = {}
         bar, start = None, time.perf_counter()
         for k in range(steps):
+            if callable(getattr(opt, "new_batch", None)):
+                opt.new_batch()  # InstrumentedAdamW's hook (counts batches, optionally resets moments)
             batch = _rollout(policy, reference, task, objective, generators, prompts_per_step, group_size,
                              sampling, dev)
             for i in range(inner_steps):
@@ -262,7 +269,9 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
     config = dict(task=task.name, objective=getattr(objective, "name", type(objective).__name__),
                   steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
                   inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev))
-    return History(_stack(records), policy.num_seeds, config)
+    columns = _stack(records)
+    columns.update(_optimizer_columns(opt, first_opt_row, steps * inner_steps))
+    return History(columns, policy.num_seeds, config)
 
 
 @dataclass
@@ -320,7 +329,6 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     }
     if task.prefix_len > 0:
         row["prefix_prob"] = _prefix_probs(policy, task, b.prompt_idx, b.completions, lp)
-    row.update(_optimizer_fields(opt))
     return row
 
 
