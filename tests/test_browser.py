@@ -246,3 +246,13 @@ def test_screenshots_light_and_dark(chapter: DevTools):
     chapter.screenshot(SCREENSHOTS / "explorer_dark.png")
     for name in ("chapter_light.png", "explorer_light.png", "explorer_dark.png"):
         assert (SCREENSHOTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_widgets_render_if_any(chapter: DevTools):
+    """ipywidgets saved by the build render from the vendored manager (explorers use static HTML instead)."""
+    views = chapter.evaluate(
+        "document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]').length")
+    if views == 0:
+        pytest.skip("this chapter saves no ipywidgets")
+    chapter.wait_for(f"document.querySelectorAll('.jupyter-widgets.widget-inline-hbox, .widget-box,"
+                     f" .jupyter-widgets').length >= {views}")

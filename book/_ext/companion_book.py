@@ -12,7 +12,9 @@
 5. Docstrings written as plain text ("name: description" with indented continuation lines) are made
    valid reStructuredText for autodoc by a blank line wherever indentation drops (see
    :func:`separate_dedents`), so a new module cannot break the ``-W`` build with layout alone.
-6. The ``companion-api`` directive (used in ``book/api.rst``): one section with ``automodule`` per module
+6. A two-line MathJax 2 shim for saved ipywidgets: the widget controls bundled in the HTML manager
+   typeset labels with ``MathJax.Hub.Queue`` (MathJax 2), which MathJax 3 lacks.
+7. The ``companion-api`` directive (used in ``book/api.rst``): one section with ``automodule`` per module
    of ``companion/`` that exists at build time, so the API page follows the package as it grows.
 """
 
@@ -157,6 +159,17 @@ def quiet_kernels(build_dir: Path) -> None:
     os.environ["IPYTHONDIR"] = str(profile.parent)
 
 
+# Runs before any widget is rendered (DOMContentLoaded fires after MathJax's deferred script has run).
+MATHJAX2_SHIM = """document.addEventListener("DOMContentLoaded", function () {
+  if (window.MathJax && !window.MathJax.Hub) {
+    window.MathJax.Hub = {Queue: function (command) {
+      var element = command && command[2];
+      if (window.MathJax.typesetPromise && element) { window.MathJax.typesetPromise([element]); }
+    }};
+  }
+});"""
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")  # its events are connected below
     os.environ[BOOK_BUILD_ENV] = "1"
@@ -165,5 +178,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("build-finished", report_execution_times)
     app.connect("html-page-context", drop_duplicate_scripts)
     app.connect("autodoc-process-docstring", separate_dedents)
+    app.add_js_file(None, body=MATHJAX2_SHIM, priority=100)
     app.add_directive("companion-api", CompanionApi)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
