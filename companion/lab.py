@@ -69,6 +69,9 @@ class History:
     def __len__(self) -> int:
         return len(self.columns["outer_step"])
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
     def keys(self) -> list[str]:
         return list(self.columns)
 
@@ -314,6 +317,8 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     if b.old_logprobs is None:  # pi_old is theta at the first inner step: reuse that forward pass
         b.old_logprobs = logp.detach()
     fields = seedwise_loss(objective, logp, b.old_logprobs, b.advantages, b.mask, b.ref_logprobs)
+    if task.prefix_len > 0:
+        fields["prefix_prob"] = _prefix_probs(policy, task, b.prompt_idx, b.completions, logp)
     opt.zero_grad(set_to_none=True)
     fields["loss"].sum().backward()
     opt.step()
@@ -327,8 +332,6 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
         "ratio_max": _masked_extreme((lp - b.old_logprobs).exp(), b.mask, largest=True),
         **fields,
     }
-    if task.prefix_len > 0:
-        row["prefix_prob"] = _prefix_probs(policy, task, b.prompt_idx, b.completions, lp)
     return row
 
 

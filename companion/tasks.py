@@ -72,7 +72,7 @@ class Task:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         unknown = sorted(set(self.template) - set(self.vocab))
         if unknown:
-            raise ValueError(f"template uses characters {unknown} that are not in the task vocab {self.vocab}")
+            raise ValueError(f"template uses characters {unknown} outside the task vocab {self.vocab}")
         needed = len(self.template) + self.answers.shape[1] + 1
         if needed > self.max_new_tokens:
             raise ValueError(

@@ -1,0 +1,240 @@
+"""The training loop: determinism, seeds vectorised = single runs, sampling modes, records, bad input."""
+
+import copy
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+import companion as cp
+from companion import lab
+from companion.policies import GRUPolicy, TabularPolicy, TinyGPT2Policy
+from companion.tasks import make_task
+
+
+@dataclass
+class _Out:
+    loss: torch.Tensor
+    clip_fraction_low: torch.Tensor
+    clip_fraction_high: torch.Tensor
+
+
+class PlainClipped:
+    """A small clipped surrogate written out here (Eq. 1 with beta = 0), so the loop is tested on its own:
+    A_i = r_i - mean_group (divided by the group std when ``std``), alpha = 1 / (G |o_i|)."""
+
+    def __init__(self, std: bool = True, eps: float = 0.2) -> None:
+        self.std, self.eps = std, eps
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        r = rewards.view(-1, group_size)
+        a = r - r.mean(1, keepdim=True)
+        return (a / (r.std(1, keepdim=True) + 1e-4) if self.std else a).reshape(-1)
+
+    def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None) -> _Out:
+        ratio = torch.exp(logprobs - old_logprobs)
+        a = adv.unsqueeze(-1)
+        surrogate = torch.minimum(ratio * a, ratio.clamp(1 - self.eps, 1 + self.eps) * a)
+        per_sequence = (surrogate * mask).sum(-1) / mask.sum(-1)
+        tokens = mask.sum()
+        low = (((ratio < 1 - self.eps) & (a < 0)) * mask).sum() / tokens
+        high = (((ratio > 1 + self.eps) & (a > 0)) * mask).sum() / tokens
+        return _Out(-per_sequence.mean(), low, high)
+
+
+def tabular(task, seeds=1, seed=0):
+    return TabularPolicy.for_task(task, num_seeds=seeds, init_scale=0.3, seed=seed, dtype=torch.float64)
+
+
+def run(policy, task, objective=None, **kw):
+    kw = {"steps": 6, "group_size": 4, "prompts_per_step": 3, "inner_steps": 2, "lr": 0.1, **kw}
+    return lab.train(policy, task, objective or PlainClipped(), device="cpu", **kw)
+
+
+def assert_same_history(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0, err_msg=key)
+
+
+# --- determinism and seeds ----------------------------------------------------------------------------
+def test_two_runs_with_the_same_seed_are_equal_and_another_seed_differs():
+    task = make_task("parity", n=2, length="short")
+    a, b, c = tabular(task, 2), tabular(task, 2), tabular(task, 2)
+    ha, hb, hc = run(a, task, seed=3), run(b, task, seed=3), run(c, task, seed=4)
+    assert_same_history(ha, hb)
+    assert torch.equal(a.logits, b.logits)
+    assert not np.array_equal(ha["reward"], hc["reward"])
+
+
+def test_gru_runs_are_deterministic():
+    task = make_task("pick", template="#", template_mode="forced")
+    p1, p2 = GRUPolicy.for_task(task, seed=1), GRUPolicy.for_task(task, seed=1)
+    assert_same_history(run(p1, task, lr=0.01), run(p2, task, lr=0.01))
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.AdamW(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.5),
+], ids=["adamw", "sgd"])
+def test_vectorised_seeds_equal_single_seed_runs(make_optimizer):
+    task = make_task("pick", length="short", template="#", template_mode="shared")
+    together = tabular(task, seeds=3, seed=7)
+    h = run(together, task, seed=20, optimizer=make_optimizer)
+    for s in range(3):
+        alone = tabular(task, seeds=1, seed=7 + s)
+        h1 = run(alone, task, seed=20 + s, optimizer=make_optimizer)
+        assert torch.allclose(alone.logits[0], together.logits[s], atol=1e-12, rtol=0)
+        assert_same_history(h.seed(s), h1, atol=1e-12)
+    assert h["reward"].shape == (12, 3) and h["prefix_prob"].shape == (12, 3, 1)
+
+
+# --- sampling modes -----------------------------------------------------------------------------------
+def test_fixed_sampling_does_not_depend_on_theta_on_policy_does():
+    task = make_task("pick", length="long")
+    fixed = [run(tabular(task, 2), task, sampling="fixed", lr=lr, steps=10) for lr in (0.01, 1.0)]
+    on = [run(tabular(task, 2), task, sampling="on_policy", lr=lr, steps=10) for lr in (0.01, 1.0)]
+    for key in ("reward", "length", "accuracy"):
+        np.testing.assert_array_equal(fixed[0][key], fixed[1][key])
+    assert not np.array_equal(on[0]["reward"], on[1]["reward"])
+    assert not np.array_equal(fixed[0]["entropy"], fixed[1]["entropy"])  # theta did move
+
+
+def test_on_policy_runs_share_randomness_reward_scale_with_adam_changes_nothing():
+    """Prop 2 with shared random numbers: Adam (eps negligible, beta = 0) takes the same steps when the
+    rewards are scaled by phi = 100, so the runs draw the same samples; SGD's steps scale with phi."""
+    def runs(make_optimizer):
+        out = []
+        for scale in (1.0, 100.0):
+            task = make_task("pick", length="short", reward_scale=scale)
+            policy = tabular(task, 2)
+            out.append(run(policy, task, PlainClipped(std=False), optimizer=make_optimizer, steps=15))
+        return out
+
+    adam = runs(lambda p: torch.optim.Adam(p, lr=0.1, eps=1e-12))
+    np.testing.assert_array_equal(adam[0]["accuracy"], adam[1]["accuracy"])
+    np.testing.assert_allclose(adam[1]["reward"], 100 * adam[0]["reward"], rtol=1e-12)
+    sgd = runs(lambda p: torch.optim.SGD(p, lr=0.1))
+    assert not np.array_equal(sgd[0]["accuracy"], sgd[1]["accuracy"])
+
+
+# --- it learns ----------------------------------------------------------------------------------------
+def test_a_short_run_improves_the_exact_reward_on_the_easiest_task():
+    task = make_task("pick")
+    policy = TabularPolicy.for_task(task, num_seeds=8)
+    before = policy.exact_expected_reward(task)
+    h = run(policy, task, steps=25, inner_steps=1, group_size=8, prompts_per_step=4)
+    after = policy.exact_expected_reward(task)
+    assert (before - 0.2).abs().max() < 1e-6  # uniform over 4 letters + '#' at the first token
+    assert (after > before + 0.4).all()
+    assert h.outer("accuracy")[-5:].mean() > h.outer("accuracy")[:5].mean() + 0.3
+
+
+def test_tiny_gpt2_learns_pick_in_a_few_seconds():
+    task = make_task("pick")
+    policy = TinyGPT2Policy.for_task(task, seed=0)
+    h = lab.train(policy, task, PlainClipped(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), steps=40,
+                  group_size=8, prompts_per_step=4, seed=0, device="cpu")
+    accuracy = h.outer("accuracy")
+    assert accuracy[-10:].mean() > accuracy[:10].mean() + 0.25
+
+
+# --- records ------------------------------------------------------------------------------------------
+def test_records_first_inner_step_is_on_policy_and_template_probability_is_exact():
+    task = make_task("pick", template="#", template_mode="forced")
+    policy = TabularPolicy.for_task(task, num_seeds=2, dtype=torch.float64)  # uniform at the start
+    h = run(policy, task)
+    first, second = h["inner_step"] == 0, h["inner_step"] == 1
+    assert (h["ratio_min"][first] == 1).all() and (h["ratio_max"][first] == 1).all()
+    assert (h["kl_old"][first] == 0).all() and (h["kl_old"][second] > 0).all()
+    assert (h["kl_ref"][0] == 0).all() and (h["kl_ref"][-1] > 0).all()
+    assert h["prefix_prob"][0] == pytest.approx(1 / 5)  # '#' among a, b, c, d, # (EOS not allowed yet)
+    assert ((h["length"] >= 3) & (h["length"] <= task.max_new_tokens)).all()
+    assert h["entropy"][0] == pytest.approx(np.log(5) * 2 / 3 + np.log(6) / 3, abs=0.2)
+    np.testing.assert_array_equal(h["outer_step"], np.repeat(np.arange(6), 2))
+    assert h.outer("reward").shape == (6, 2) and set(h.keys()) >= {
+        "reward", "accuracy", "length", "entropy", "kl_old", "kl_ref", "clip_fraction_low",
+        "clip_fraction_high", "ratio_min", "ratio_max", "loss", "prefix_prob"}
+
+
+def test_template_modes_forced_and_shared_reach_the_batch():
+    generators = [torch.Generator().manual_seed(0)]
+    for mode in ("forced", "shared"):
+        task = make_task("pick", template="##", template_mode=mode)
+        policy = TabularPolicy.for_task(task, init_scale=2.0)
+        batch = lab._rollout(policy, copy.deepcopy(policy), task, PlainClipped(), generators, 6, 4,
+                             "on_policy", torch.device("cpu"))
+        prefixes = batch.completions[0, :, :2].reshape(6, 4, 2)
+        assert (prefixes == prefixes[:, :1]).all()  # shared by the whole group
+        if mode == "forced":
+            assert (prefixes == task.template_ids).all()
+        else:
+            assert len({tuple(p) for p in prefixes[:, 0].tolist()}) > 1  # sampled once per group
+
+
+def test_instrumented_adamw_diagnostics_are_joined_and_new_batch_is_called():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, optimizer=lambda p: cp.InstrumentedAdamW(p, lr=0.1))
+    assert len(h["opt_grad_norm"]) == len(h) == 12 and np.isfinite(h["opt_grad_norm"]).all()
+    np.testing.assert_array_equal(h["opt_batch"], h["outer_step"] + 1)
+    assert "opt_grad_norm" not in run(tabular(task), task)
+
+
+def test_history_api():
+    task = make_task("pick")
+    h = run(tabular(task, 3), task)
+    assert len(h) == 12 and h.num_seeds == 3 and h.seed(1)["reward"].shape == (12,)
+    np.testing.assert_array_equal(h.seed(2)["loss"], h["loss"][:, 2])
+    with pytest.raises(KeyError, match="reward"):
+        h["rewards"]
+    assert h.config["group_size"] == 4 and "12 records" in repr(h)
+
+
+# --- device, threads, progress ------------------------------------------------------------------------
+def test_auto_device_and_threads(monkeypatch):
+    assert lab.resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    task = make_task("pick")
+    torch.set_num_threads(1)
+    monkeypatch.setenv("COMPANION_THREADS", "2")
+    seen = []
+    lab.train(tabular(task), task, PlainClipped(), steps=1, group_size=2, device="cpu",
+              optimizer=lambda p: seen.append(torch.get_num_threads()) or torch.optim.SGD(p, lr=0.1))
+    assert seen == [2] and torch.get_num_threads() == 1
+    monkeypatch.setenv("COMPANION_THREADS", "many")
+    with pytest.raises(ValueError, match="COMPANION_THREADS"):
+        run(tabular(task), task)
+
+
+def test_progress_bar_is_silent_by_default_under_pytest_and_shown_on_request(capfd):
+    task = make_task("pick")
+    run(tabular(task), task)
+    assert capfd.readouterr().err == ""
+    assert "PYTEST_CURRENT_TEST" in os.environ
+    run(tabular(task), task, progress=True)
+    assert "train" in capfd.readouterr().err
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kwargs", "word"), [
+    ({"group_size": 1}, "group_size"), ({"inner_steps": 0}, "inner_steps"),
+    ({"prompts_per_step": 0}, "prompts_per_step"), ({"steps": -1}, "steps"),
+    ({"sampling": "offline"}, "sampling"),
+])
+def test_bad_arguments_are_named(kwargs, word):
+    task = make_task("pick")
+    with pytest.raises(ValueError, match=word):
+        run(tabular(task), task, **kwargs)
+
+
+def test_bad_optimizer_task_and_context():
+    task = make_task("pick")
+    with pytest.raises(TypeError, match="optimizer"):
+        run(tabular(task), task, optimizer="adam")
+    with pytest.raises(TypeError, match="task"):
+        run(tabular(task), "pick")
+    long_prompts = make_task("copy", n=6)
+    with pytest.raises(ValueError, match="n_positions"):
+        run(TinyGPT2Policy.for_task(long_prompts, n_positions=8), long_prompts)
+    with pytest.raises(ValueError, match="vocab"):
+        run(tabular(make_task("parity")), task)
