@@ -161,10 +161,12 @@ class TabularPolicy(nn.Module):
         return torch.stack(nodes, dim=-1)
 
     def _node_logits(self, prompt_idx: Tensor, nodes: Tensor) -> Tensor:
-        """prompt_idx (S, N), nodes (S, N, ...) -> logits (S, N, ..., V+1)."""
-        seeds = torch.arange(self.num_seeds, device=nodes.device).view(-1, *([1] * (nodes.dim() - 1)))
+        """prompt_idx (S, N), nodes (S, N, ...) -> logits (S, N, ..., V+1), via one flat row index."""
+        S, P, num_nodes, width = self.logits.shape
+        seeds = torch.arange(S, device=nodes.device).view(-1, *([1] * (nodes.dim() - 1)))
         prompts = prompt_idx.view(*prompt_idx.shape, *([1] * (nodes.dim() - 2)))
-        return self.logits[seeds, prompts, nodes]
+        rows = ((seeds * P + prompts) * num_nodes + nodes).flatten()
+        return self.logits.view(-1, width).index_select(0, rows).view(*nodes.shape, width)
 
     @torch.no_grad()
     def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
@@ -184,10 +186,9 @@ class TabularPolicy(nn.Module):
         tokens = torch.full((S, N, T), self.eos_id, dtype=torch.long, device=device)
         tokens[..., :head.shape[-1]] = head
         V, index = len(self.vocab), torch.zeros(S, N, dtype=torch.long, device=device)
-        seeds = torch.arange(S, device=device).unsqueeze(1)
         for t in range(T):
             if t >= head.shape[-1]:
-                logits = self.logits[seeds, prompts, self.offsets[t] + index]
+                logits = self._node_logits(prompts, self.offsets[t] + index)
                 if t < m:
                     logits = logits.clone()
                     logits[..., self.eos_id] = float("-inf")

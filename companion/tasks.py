@@ -59,6 +59,7 @@ class Task:
     template: str = ""
     template_mode: TemplateMode = "forced"
     reward_scale: float = 1.0
+    min_new_tokens: int | None = None  # EOS is not allowed before this position; default template + 1
     _template_ids: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +80,11 @@ class Task:
                 f"template of {len(self.template)} tokens + answer of {self.answers.shape[1]} + EOS needs "
                 f"{needed} new tokens, more than max_new_tokens={self.max_new_tokens}; shorten the template "
                 "or raise max_new_tokens")
+        if self.min_new_tokens is None:
+            object.__setattr__(self, "min_new_tokens", self.prefix_len + 1)
+        if not self.prefix_len <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must lie in [len(template)={self.prefix_len}, "
+                             f"max_new_tokens={self.max_new_tokens}], got {self.min_new_tokens}")
         object.__setattr__(self, "_template_ids", self.encode(self.template))
 
     # --- vocabulary -------------------------------------------------------------------------------------
@@ -107,11 +113,6 @@ class Task:
     @property
     def template_ids(self) -> Tensor:
         return self._template_ids
-
-    @property
-    def min_new_tokens(self) -> int:
-        """EOS is not allowed before this position: the template (if any) plus one answer token."""
-        return self.prefix_len + 1
 
     def encode(self, text: str) -> Tensor:
         return torch.tensor([self.vocab.index(c) for c in text], dtype=torch.long)
@@ -205,11 +206,12 @@ TASKS: dict[str, Callable[..., tuple[tuple[str, ...], Tensor, Tensor]]] = {
 
 def make_task(name: str, *, max_new_tokens: int | None = None, length: LengthBias = "none",
               length_strength: float = 0.5, template: str = "", template_mode: TemplateMode = "forced",
-              reward_scale: float = 1.0, **options: int | str) -> Task:
+              reward_scale: float = 1.0, min_new_tokens: int | None = None, **options: int | str) -> Task:
     """Build a task by name: one of ``TASKS`` ("pick", "copy", "parity", "add").
 
     ``options`` go to the task's table builder (``alphabet`` for pick/copy, ``n`` for copy/parity, ``base``
-    for add). ``max_new_tokens`` defaults to template + answer + 3 (room for chatter and EOS).
+    for add). ``max_new_tokens`` defaults to template + answer + 3 (room for chatter and EOS);
+    ``min_new_tokens`` (no EOS before it) defaults to template + 1, so every answer has at least one token.
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
@@ -218,4 +220,4 @@ def make_task(name: str, *, max_new_tokens: int | None = None, length: LengthBia
         max_new_tokens = len(template) + answers.shape[1] + 3
     return Task(name=name, vocab=vocab, prompts=prompts, answers=answers, max_new_tokens=max_new_tokens,
                 length=length, length_strength=length_strength, template=template,
-                template_mode=template_mode, reward_scale=reward_scale)
+                template_mode=template_mode, reward_scale=reward_scale, min_new_tokens=min_new_tokens)

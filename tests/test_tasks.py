@@ -91,7 +91,8 @@ def test_template_longer_than_the_completion_budget_is_an_error_naming_it():
 @pytest.mark.parametrize(("kwargs", "word"), [
     ({"length": "medium"}, "length"), ({"template_mode": "once"}, "template_mode"),
     ({"length_strength": 2.0}, "length_strength"), ({"reward_scale": 0.0}, "reward_scale"),
-    ({"base": 11}, "base"),
+    ({"base": 11}, "base"), ({"min_new_tokens": 9}, "min_new_tokens"),
+    ({"template": "##", "min_new_tokens": 1}, "min_new_tokens"),
 ])
 def test_bad_options_name_the_argument(kwargs, word):
     name = "add" if "base" in kwargs else "pick"
