@@ -1,0 +1,419 @@
+"""`InstrumentedAdamW`: `torch.optim.AdamW`, unchanged, plus per-step diagnostics (paper Eq. 4-6, App. C-D).
+
+The step itself is torch's own: the class subclasses `torch.optim.AdamW` and calls its `step`, so parameters
+and `state_dict` are bit-identical to torch's. Diagnostics are read afterwards from the optimizer state, with
+the same bias corrections torch used at that step (t = the parameter's `state["step"]` after the update):
+
+    m̂ = m / (1 − β1^t),   √v̂ = √v / √(1 − β2^t)   (v = max_exp_avg_sq with amsgrad),
+    u = m̂ / (√v̂ + ε)      the preconditioned step;  Δθ = −lr·λ·θ − lr·u   (λ = weight_decay).
+
+Levels (`diagnostics=`):
+
+- ``"off"``: nothing is computed; the step is torch's step plus one attribute check.
+- ``"cheap"`` (default): ‖g‖, ‖m̂‖, ‖u‖, C_T = ‖u_t‖/‖u_{t−1}‖ (Eq. 31), min/mean/max of √v̂ and the fraction
+  of coordinates where ε ≥ √v̂ (Prop 2's condition), the non-finite-gradient flag. No persistent buffer.
+- ``"full"``: also ‖Δθ‖, cos(Δθ, −g) and the fraction of coordinates with g = 0 exactly whose Adam update
+  is not zero (momentum-only motion, Prop 3). Keeps one parameter-sized buffer (θ before the step).
+
+Everything is recorded per parameter group (key suffix ``/group{i}``) and in total (no suffix) in
+`opt.history`, a columnar record whose size grows with the number of steps, never with the model.
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DiagnosticsLevel = Literal["off", "cheap", "full"]
+LEVELS: tuple[str, ...] = ("off", "cheap", "full")
+
+# Diagnostics walk each parameter in chunks this long so that the temporaries stay in the CPU cache.
+CHUNK = 1 << 16
+
+CHEAP_KEYS: tuple[str, ...] = (
+    "grad_norm", "m_hat_norm", "precond_norm", "c_t", "sqrt_v_hat_min", "sqrt_v_hat_mean",
+    "sqrt_v_hat_max", "eps_dominated_frac", "nonfinite_grad",
+)
+FULL_KEYS: tuple[str, ...] = ("update_norm", "cos_update_neg_grad", "momentum_only_frac")
+
+# Columns of the per-chunk statistics vector, and how each one is reduced across chunks and tensors.
+# Per chunk: ‖g‖², ‖m‖², Σ√v̂, min √v̂, max √v̂, Σs², Σs with s = sign(√v̂ − ε), ‖m/(√v̂+ε)‖², then (full only)
+# ‖Δθ‖², ⟨Δθ, −g⟩, Σz_m, ⟨z_g, z_m⟩ with z_x = sign|x|; the element count is appended per parameter.
+_STATS = ("gg", "mm", "v_sum", "v_min", "v_max", "s_sq", "s_sum", "uu", "dd", "dg", "zm_sum", "zgzm", "numel")
+_MIN, _MAX = _STATS.index("v_min"), _STATS.index("v_max")
+
+
+class History:
+    """Columnar per-step record: ``history[key]`` is a float64 numpy array with one entry per recorded step.
+
+    Quantities a level does not compute are NaN, so every column has the same length and plots directly:
+    ``plt.plot(h["step"], h["c_t"])``.
+    """
+
+    def __init__(self) -> None:
+        self._columns: dict[str, list[float]] = {}
+        self._rows = 0
+
+    def append(self, row: dict[str, float]) -> None:
+        """Add one step; columns absent from `row` get NaN, new columns are NaN-padded backwards."""
+        for key in row.keys() - self._columns.keys():
+            self._columns[key] = [math.nan] * self._rows
+        for key, column in self._columns.items():
+            column.append(float(row.get(key, math.nan)))
+        self._rows += 1
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._columns:
+            raise KeyError(f"no history column {key!r}; available: {sorted(self._columns)}")
+        return np.asarray(self._columns[key], dtype=np.float64)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._columns
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def keys(self) -> list[str]:
+        return list(self._columns)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {key: self[key] for key in self._columns}
+
+    def clear(self) -> None:
+        self._columns.clear()
+        self._rows = 0
+
+    def __repr__(self) -> str:
+        return f"History({self._rows} steps, {len(self._columns)} columns)"
+
+
+def bias_corrections(beta1: float, beta2: float, step: float) -> tuple[float, float]:
+    """(1 − β1^t, √(1 − β2^t)), computed exactly as torch's AdamW computes them (non-capturable path)."""
+    return 1 - beta1**step, (1 - beta2**step) ** 0.5
+
+
+def second_moment(state: dict[str, Any], amsgrad: bool) -> Tensor:
+    """The v that AdamW divides by: `max_exp_avg_sq` with amsgrad, else `exp_avg_sq`."""
+    return state["max_exp_avg_sq"] if amsgrad else state["exp_avg_sq"]
+
+
+def _flat(t: Tensor) -> Tensor:
+    """A 1-D real view (or copy) of `t`; half precision is widened to fp32 for the statistics."""
+    t = torch.view_as_real(t) if t.is_complex() else t
+    t = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    return t.reshape(-1)
+
+
+def _moment_stats(g: Tensor, m: Tensor, sqrt_v_hat: Tensor, eps: float) -> list[Tensor]:
+    """‖g‖², ‖m‖², Σ√v̂, min √v̂, max √v̂, Σs², Σs of one chunk, s = sign(√v̂ − ε) (before ε is added).
+
+    #(ε ≥ √v̂) = n − (Σs² + Σs)/2. sign() is used because bool-producing comparisons are several times
+    slower on CPU.
+    """
+    v_min, v_max = torch.aminmax(sqrt_v_hat)
+    s = torch.sub(sqrt_v_hat, eps).sign_()
+    return [torch.dot(g, g), torch.dot(m, m), sqrt_v_hat.sum(), v_min, v_max, torch.dot(s, s), s.sum()]
+
+
+def _motion_stats(minus_delta: Tensor, g: Tensor, m: Tensor) -> list[Tensor]:
+    """‖Δθ‖², ⟨Δθ, −g⟩, Σz_m, ⟨z_g, z_m⟩ of one chunk, from −Δθ = θ_{t−1} − θ_t; z_x = sign|x|.
+
+    #(g = 0 and m ≠ 0) = Σz_m − ⟨z_g, z_m⟩.
+    """
+    z_g = torch.abs(g).sign_()
+    z_m = torch.abs(m).sign_()
+    return [torch.dot(minus_delta, minus_delta), torch.dot(minus_delta, g), z_m.sum(), torch.dot(z_g, z_m)]
+
+
+def _chunk_stats_from_state(g: Tensor, m: Tensor, v: Tensor, bc2_sqrt: float, eps: float,
+                            theta: Tensor | None, before: Tensor | None) -> Tensor:
+    """Statistics of one chunk, read from the state after torch's step (m raw, scaled by 1/bc1 later)."""
+    sqrt_v_hat = v.sqrt().div_(bc2_sqrt)
+    parts = _moment_stats(g, m, sqrt_v_hat, eps)
+    u_raw = torch.div(m, sqrt_v_hat.add_(eps), out=sqrt_v_hat)  # m / (√v̂ + ε), in place
+    parts.append(torch.dot(u_raw, u_raw))
+    if theta is not None and before is not None:
+        parts += _motion_stats(before.sub_(theta), g, m)
+    return torch.stack(parts)
+
+
+def _chunks(n: int) -> Iterable[tuple[int, int]]:
+    return ((start, min(CHUNK, n - start)) for start in range(0, n, CHUNK))
+
+
+def _reduce_rows(rows: Tensor) -> Tensor:
+    out = rows.sum(0)
+    out[_MIN] = rows[:, _MIN].min()
+    out[_MAX] = rows[:, _MAX].max()
+    return out
+
+
+def _finish(stats: Tensor | None) -> dict[str, float]:
+    """Turn reduced statistics into the recorded quantities (empty where nothing had a gradient)."""
+    if stats is None:
+        return {}
+    s = dict(zip(_STATS, stats.tolist(), strict=True))
+    grad_norm = math.sqrt(s["gg"])
+    update_norm = math.sqrt(s["dd"])
+    denom = update_norm * grad_norm
+    return {
+        "grad_norm": grad_norm,
+        "m_hat_norm": math.sqrt(s["mm"]),
+        "precond_norm": math.sqrt(s["uu"]),
+        "sqrt_v_hat_min": s["v_min"],
+        "sqrt_v_hat_mean": s["v_sum"] / s["numel"],
+        "sqrt_v_hat_max": s["v_max"],
+        "eps_dominated_frac": (s["numel"] - (s["s_sq"] + s["s_sum"]) / 2) / s["numel"],
+        "nonfinite_grad": float(not math.isfinite(s["gg"])),
+        "update_norm": update_norm,
+        "cos_update_neg_grad": s["dg"] / denom if denom > 0 else math.nan,
+        "momentum_only_frac": (s["zm_sum"] - s["zgzm"]) / s["numel"],
+    }
+
+
+class InstrumentedAdamW(torch.optim.AdamW):
+    """`torch.optim.AdamW` with per-step diagnostics; a drop-in replacement (paper Eq. 4-6, App. C-D).
+
+    Extra keyword arguments:
+        diagnostics: ``"off"``, ``"cheap"`` (default) or ``"full"`` (see the module docstring).
+        reset_on_new_batch: if True, `new_batch()` calls `reset_moments()`.
+
+    ``opt.history`` holds the record; ``opt.new_batch()`` is the hook a training loop calls when it draws a
+    new batch (it counts batches into the ``batch`` column and, optionally, resets the moments).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        diagnostics: DiagnosticsLevel = "cheap",
+        reset_on_new_batch: bool = False,
+    ) -> None:
+        _check_level(diagnostics)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach,
+                         capturable=capturable, differentiable=differentiable, fused=fused)
+        self._diagnostics: str = diagnostics
+        self.reset_on_new_batch = bool(reset_on_new_batch)
+        self.history = History()
+        self._snapshots: dict[Tensor, Tensor] = {}
+        self._steps_taken = 0
+        self._batches = 0
+        self._previous_precond: dict[str, tuple[int, float]] = {}
+
+    @property
+    def diagnostics(self) -> str:
+        return self._diagnostics
+
+    @diagnostics.setter
+    def diagnostics(self, level: DiagnosticsLevel) -> None:
+        _check_level(level)
+        self._diagnostics = level
+        if level != "full":
+            self._snapshots.clear()  # free the parameter-sized buffer
+
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        """One AdamW step (torch's maths, bit for bit); then, unless diagnostics are off, one history row.
+
+        Plain real CPU/GPU groups (float lr and betas, no capturable/differentiable/fused) are stepped by a
+        chunked loop that performs torch's operations in torch's order and reads the statistics off the
+        intermediates while they are in cache; anything else is stepped by torch itself and the statistics
+        are read from the state afterwards (then "full" keeps θ_{t−1} in one parameter-sized buffer).
+        """
+        if self._diagnostics == "off":
+            return super().step(closure)
+        if not all(_fusable(group) for group in self.param_groups):
+            return self._step_then_read_state(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._steps_taken += 1
+        full = self._diagnostics == "full"
+        per_group = [self._fused_group_step(group, full) for group in self.param_groups]
+        self._record(per_group, full)
+        return loss
+
+    def _step_then_read_state(self, closure: Callable[[], float] | None) -> Any:
+        full = self._diagnostics == "full"
+        if full:
+            self._snapshot_parameters()
+        loss = super().step(closure)
+        self._steps_taken += 1
+        self._record([self._group_stats_from_state(group, full) for group in self.param_groups], full)
+        return loss
+
+    @torch.no_grad()
+    def reset_moments(self) -> None:
+        """Zero m, v (and amsgrad's running max of v) and the step counter t of every parameter.
+
+        The next step is therefore Adam's first step again: t = 1, bias corrections 1 − β^1, so m̂ = g and
+        v̂ = g², exactly as for a freshly built AdamW on the current parameters. C_T restarts (NaN next step).
+        """
+        for state in self.state.values():
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                if key in state:
+                    state[key].zero_()
+            if "step" in state:
+                state["step"].zero_()
+        self._previous_precond.clear()
+
+    def new_batch(self) -> None:
+        """Hook for the training loop: a new batch was drawn. Resets the moments if `reset_on_new_batch`."""
+        self._batches += 1
+        if self.reset_on_new_batch:
+            self.reset_moments()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._previous_precond.clear()  # C_T across a swap would compare two different runs
+
+    @torch.no_grad()
+    def _snapshot_parameters(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                buffer = self._snapshots.get(p)
+                if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype:
+                    buffer = self._snapshots[p] = torch.empty_like(p)
+                buffer.copy_(p)
+
+    @torch.no_grad()
+    def _fused_group_step(self, group: dict[str, Any], full: bool) -> tuple[Tensor | None, float]:
+        """torch's `_single_tensor_adam` (non-capturable branch), chunk by chunk, plus the statistics."""
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        max_exp_avg_sqs: list[Tensor] = []
+        steps: list[Tensor] = []
+        self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+        beta1, beta2 = group["betas"]
+        lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
+        amsgrad, maximize = group["amsgrad"], group["maximize"]
+        rows, t = [], math.nan
+        for i, p in enumerate(params):
+            param_rows = []
+            steps[i] += 1
+            step = float(steps[i])
+            t = step if math.isnan(t) else t
+            bc1, bc2_sqrt = bias_corrections(beta1, beta2, step)
+            step_size = lr / bc1
+            flat = [x.view(-1) for x in (p, grads[i], exp_avgs[i], exp_avg_sqs[i])]
+            v_max = max_exp_avg_sqs[i].view(-1) if amsgrad else None
+            for start, size in _chunks(p.numel()):
+                theta, grad, m, v = (x.narrow(0, start, size) for x in flat)
+                g = -grad if maximize else grad
+                before = theta.clone() if full else None
+                if weight_decay != 0:
+                    theta.mul_(1 - lr * weight_decay)
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                if v_max is not None:
+                    v = torch.maximum(v_max.narrow(0, start, size), v, out=v_max.narrow(0, start, size))
+                sqrt_v_hat = v.sqrt() / bc2_sqrt
+                parts = _moment_stats(g, m, sqrt_v_hat, eps)
+                denom = sqrt_v_hat.add_(eps)
+                theta.addcdiv_(m, denom, value=-step_size)
+                u_raw = torch.div(m, denom, out=denom)
+                parts.append(torch.dot(u_raw, u_raw))
+                if before is not None:
+                    parts += _motion_stats(before.sub_(theta), g, m)
+                param_rows.append(torch.stack(parts))
+            if param_rows:
+                rows.append(_per_parameter(param_rows, bc1, p.numel(), flip_dg=False))
+        return (_reduce_rows(torch.stack(rows)) if rows else None), t
+
+    def _record(self, per_group: list[tuple[Tensor | None, float]], full: bool) -> None:
+        row: dict[str, float] = {"step": float(self._steps_taken), "batch": float(self._batches)}
+        for index, (group, (stats, t)) in enumerate(zip(self.param_groups, per_group, strict=True)):
+            suffix = f"/group{index}"
+            row["lr" + suffix] = float(group["lr"])
+            row["t" + suffix] = t
+            values = self._with_c_t(_finish(stats), suffix, full)
+            row.update({key + suffix: value for key, value in values.items()})
+        present = [stats for stats, _ in per_group if stats is not None]
+        total = _reduce_rows(torch.stack(present)) if present else None
+        row.update(self._with_c_t(_finish(total), "", full))
+        self.history.append(row)
+
+    def _with_c_t(self, values: dict[str, float], scope: str, full: bool) -> dict[str, float]:
+        """Add C_T = ‖u_t‖ / ‖u_{t−1}‖ (Eq. 31) when the previous step of this scope was recorded."""
+        if not values:
+            return values
+        if not full:
+            for key in FULL_KEYS:
+                values[key] = math.nan
+        norm = values["precond_norm"]
+        previous = self._previous_precond.get(scope)
+        consecutive = previous is not None and previous[0] == self._steps_taken - 1
+        values["c_t"] = norm / previous[1] if consecutive and previous[1] > 0 else math.nan
+        self._previous_precond[scope] = (self._steps_taken, norm)
+        return values
+
+    @torch.no_grad()
+    def _group_stats_from_state(self, group: dict[str, Any], full: bool) -> tuple[Tensor | None, float]:
+        """Statistics of a group that torch has just stepped, read from its state (and the θ snapshot)."""
+        beta1, beta2 = (float(b) for b in group["betas"])
+        eps = float(group["eps"])
+        rows, t = [], math.nan
+        for p in group["params"]:
+            state = self.state.get(p)
+            if p.grad is None or not state or p.numel() == 0:
+                continue
+            step = float(state["step"])
+            t = step if math.isnan(t) else t
+            bc1, bc2_sqrt = bias_corrections(beta1, beta2, step)
+            flat = [_flat(x) for x in (p.grad, state["exp_avg"], second_moment(state, group["amsgrad"]))]
+            if full:
+                flat += [_flat(p), _flat(self._snapshots[p])]
+            param_rows = []
+            for start, size in _chunks(flat[0].numel()):
+                g, m, v, *motion = (x.narrow(0, start, size) for x in flat)
+                theta, before = motion if motion else (None, None)
+                param_rows.append(_chunk_stats_from_state(g, m, v, bc2_sqrt, eps, theta, before))
+            rows.append(_per_parameter(param_rows, bc1, flat[0].numel(), flip_dg=group["maximize"]))
+        return (_reduce_rows(torch.stack(rows)) if rows else None), t
+
+
+def _per_parameter(chunk_rows: list[Tensor], bc1: float, numel: int, flip_dg: bool) -> Tensor:
+    """Reduce one parameter's chunk rows to a float64 CPU row over all `_STATS` columns.
+
+    m̂ = m / bc1 turns ‖m‖² and ‖m/(√v̂+ε)‖² into their m̂ forms. `flip_dg`: with maximize torch descends
+    along +grad, so ⟨Δθ, −g_eff⟩ = −⟨Δθ, −grad⟩.
+    """
+    stats = _reduce_rows(torch.stack(chunk_rows).to(torch.float64)).cpu()
+    missing = len(_STATS) - 1 - stats.numel()
+    stats = torch.cat([stats, torch.full((missing,), math.nan, dtype=torch.float64),
+                       torch.tensor([float(numel)], dtype=torch.float64)])
+    stats[_STATS.index("mm")] /= bc1**2
+    stats[_STATS.index("uu")] /= bc1**2
+    if flip_dg:
+        stats[_STATS.index("dg")] *= -1
+    return stats
+
+
+def _fusable(group: dict[str, Any]) -> bool:
+    """Groups the chunked step handles: real fp32/fp64 tensors, float hyper-parameters, plain mode."""
+    plain = not (group["capturable"] or group["differentiable"] or group["fused"])
+    floats = all(isinstance(x, float | int) for x in (group["lr"], *group["betas"]))
+    tensors = all(p.dtype in (torch.float32, torch.float64) and p.is_contiguous()
+                  and (p.grad is None or (p.grad.is_contiguous() and not p.grad.is_sparse))
+                  for p in group["params"])
+    return plain and floats and tensors
+
+
+def _check_level(level: object) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"diagnostics must be one of {LEVELS}, got {level!r}")
