@@ -1,0 +1,345 @@
+"""InstrumentedAdamW: bit-identical to torch.optim.AdamW, swappable state, correct diagnostics (Eq. 4-6)."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import companion as cp
+from companion.optim import CHEAP_KEYS, CHUNK, FULL_KEYS, InstrumentedAdamW
+
+SHAPES = [(CHUNK + 123,), (33, 7), (5,)]  # one parameter spans two chunks
+
+
+def make_params(dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, dtype=dtype, generator=gen)) for s in SHAPES]
+
+
+def set_grads(params: list[torch.Tensor], gen: torch.Generator) -> None:
+    for p in params:
+        p.grad = torch.randn(p.shape, dtype=p.dtype, generator=gen)
+        p.grad.view(-1)[::3] = 0  # exact zeros: momentum-only coordinates
+
+
+def run(opt_cls, params, steps: int, seed: int = 1, **kwargs):
+    opt = opt_cls(params, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        set_grads(params, gen)
+        opt.step()
+    return opt
+
+
+CONFIGS = list(itertools.product([torch.float32, torch.float64], [0.0, 0.1], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("level", ["off", "cheap", "full"])
+@pytest.mark.parametrize(("dtype", "weight_decay", "amsgrad", "foreach"), CONFIGS)
+def test_parameters_bit_identical_to_torch(dtype, weight_decay, amsgrad, foreach, level):
+    kwargs = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach)
+    ref = make_params(dtype)
+    run(torch.optim.AdamW, ref, 100, **kwargs)
+    got = make_params(dtype)
+    run(InstrumentedAdamW, got, 100, diagnostics=level, **kwargs)
+    for a, b in zip(ref, got, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("level", ["cheap", "full"])
+def test_maximize_and_nonfloat_paths_bit_identical(level):
+    # maximize goes through the chunked step; a tensor lr forces torch's own step + reading the state.
+    for kwargs in (dict(maximize=True, lr=1e-2), dict(lr=torch.tensor(1e-2), foreach=False)):
+        ref = make_params(torch.float32)
+        run(torch.optim.AdamW, ref, 100, **kwargs)
+        got = make_params(torch.float32)
+        run(InstrumentedAdamW, got, 100, diagnostics=level, **kwargs)
+        assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+
+
+def test_param_groups_scheduler_and_closure_bit_identical():
+    def build(cls, params, **kw):
+        opt = cls([{"params": params[:1]}, {"params": params[1:], "lr": 3e-3, "weight_decay": 0.0}],
+                  lr=1e-2, **kw)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+        return opt, sched
+
+    results = []
+    for cls, kw in ((torch.optim.AdamW, {}), (InstrumentedAdamW, {"diagnostics": "full"})):
+        params = make_params(torch.float64)
+        opt, sched = build(cls, params, **kw)
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(100):
+            target = torch.randn(SHAPES[1], dtype=torch.float64, generator=gen)
+
+            def closure(params=params, target=target, opt=opt):
+                opt.zero_grad()
+                loss = ((params[1] - target) ** 2).sum() + params[0].square().mean() + params[2].sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            sched.step()
+        results.append((params, opt))
+    (ref, _), (got, opt) = results
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert opt.history["lr/group1"][-1] == pytest.approx(3e-3 / 100)
+    assert len(opt.history) == 100
+
+
+def test_state_dict_swaps_both_ways_bit_identical():
+    kwargs = dict(lr=1e-2, weight_decay=0.05, amsgrad=True)
+    ref = make_params(torch.float32)
+    run(torch.optim.AdamW, ref, 60, **kwargs)
+
+    # ours for 30 steps, then torch for 30 steps
+    params = make_params(torch.float32)
+    ours = run(InstrumentedAdamW, params, 30, diagnostics="full", **kwargs)
+    theirs = torch.optim.AdamW(params, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        set_grads(params, gen)  # replay the same gradient stream
+    for _ in range(30):
+        set_grads(params, gen)
+        theirs.step()
+    assert all(torch.equal(a, b) for a, b in zip(ref, params, strict=True))
+
+    # torch for 30 steps, then ours for 30 steps
+    params = make_params(torch.float32)
+    theirs = run(torch.optim.AdamW, params, 30, **kwargs)
+    ours = InstrumentedAdamW(params, diagnostics="cheap", **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        set_grads(params, gen)
+    for _ in range(30):
+        set_grads(params, gen)
+        ours.step()
+    assert all(torch.equal(a, b) for a, b in zip(ref, params, strict=True))
+    assert math.isnan(ours.history["c_t"][0])  # no C_T across a swap
+    assert ours.state_dict()["param_groups"][0].keys() == theirs.state_dict()["param_groups"][0].keys()
+
+
+def reference_diagnostics(params, opt, before, eps, beta1, beta2, amsgrad, maximize=False):
+    """Independent fp64 recomputation from torch.optim.AdamW's state and the parameters before/after."""
+    g = torch.cat([p.grad.double().reshape(-1) for p in params])
+    g_eff = -g if maximize else g
+    step = float(opt.state[params[0]]["step"])
+    m = torch.cat([opt.state[p]["exp_avg"].double().reshape(-1) for p in params]) / (1 - beta1**step)
+    key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"
+    v = torch.cat([opt.state[p][key].double().reshape(-1) for p in params]) / (1 - beta2**step)
+    delta = torch.cat([(p.double() - b.double()).reshape(-1) for p, b in zip(params, before, strict=True)])
+    u = m / (v.sqrt() + eps)
+    return {
+        "grad_norm": g.norm().item(),
+        "m_hat_norm": m.norm().item(),
+        "precond_norm": u.norm().item(),
+        "sqrt_v_hat_min": v.sqrt().min().item(),
+        "sqrt_v_hat_mean": v.sqrt().mean().item(),
+        "sqrt_v_hat_max": v.sqrt().max().item(),
+        "eps_dominated_frac": (v.sqrt() <= eps).double().mean().item(),
+        "update_norm": delta.norm().item(),
+        "cos_update_neg_grad": (torch.dot(delta, -g_eff) / (delta.norm() * g.norm())).item(),
+        "momentum_only_frac": ((g == 0) & (m != 0)).double().mean().item(),
+    }
+
+
+@pytest.mark.parametrize(("amsgrad", "maximize", "tensor_lr"),
+                         [(False, False, False), (True, True, False), (False, False, True)])
+def test_full_diagnostics_match_an_independent_fp64_reference(amsgrad, maximize, tensor_lr):
+    beta1, beta2, eps = 0.9, 0.95, 1e-3
+    lr = torch.tensor(1e-2) if tensor_lr else 1e-2  # a tensor lr takes the read-the-state path
+    kw = dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=0.1, amsgrad=amsgrad, maximize=maximize,
+              foreach=False)
+    ref_params, got_params = make_params(torch.float64), make_params(torch.float64)
+    ref = torch.optim.AdamW(ref_params, **kw)
+    got = InstrumentedAdamW(got_params, diagnostics="full", **kw)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(25):
+        for rp, gp in zip(ref_params, got_params, strict=True):
+            grad = torch.randn(rp.shape, dtype=torch.float64, generator=gen) * 1e-3
+            grad.view(-1)[::3] = 0
+            if step >= 20:
+                grad.view(-1)[: grad.numel() // 2] = 0  # the gradient vanishes on half of the coordinates
+            rp.grad, gp.grad = grad.clone(), grad.clone()
+        before = [p.detach().clone() for p in ref_params]
+        ref.step()
+        got.step()
+        expected = reference_diagnostics(ref_params, ref, before, eps, beta1, beta2, amsgrad, maximize)
+        for key, value in expected.items():
+            assert got.history[key][-1] == pytest.approx(value, rel=1e-9, abs=1e-15), key
+    assert got.history["momentum_only_frac"][-1] > 0.3
+    assert 0 < got.history["eps_dominated_frac"][-1] < 1
+
+
+def test_cheap_level_leaves_full_keys_nan_and_keeps_no_buffer():
+    params = make_params(torch.float32)
+    opt = run(InstrumentedAdamW, params, 5, diagnostics="cheap")
+    h = opt.history
+    for key in CHEAP_KEYS:
+        assert key in h and key + "/group0" in h
+    for key in CHEAP_KEYS:
+        if key != "c_t":
+            assert np.isfinite(h[key]).all(), key
+    for key in FULL_KEYS:
+        assert np.isnan(h[key]).all(), key
+    assert opt._snapshots == {}
+    # every column is a per-step list of Python floats: memory grows with steps, not with the model
+    assert all(len(col) == 5 and all(isinstance(x, float) for x in col) for col in h._columns.values())
+
+
+def test_full_level_keeps_at_most_one_parameter_sized_buffer():
+    params = make_params(torch.float32)
+    chunked = run(InstrumentedAdamW, params, 3, diagnostics="full")
+    assert chunked._snapshots == {}  # the chunked step needs no buffer at all
+    params = make_params(torch.float32)
+    by_state = run(InstrumentedAdamW, params, 3, diagnostics="full", lr=torch.tensor(1e-3), foreach=False)
+    assert sum(b.numel() for b in by_state._snapshots.values()) == sum(p.numel() for p in params)
+    by_state.diagnostics = "cheap"
+    assert by_state._snapshots == {}
+
+
+def test_off_records_nothing_and_levels_are_validated():
+    opt = run(InstrumentedAdamW, make_params(torch.float32), 3, diagnostics="off")
+    assert len(opt.history) == 0
+    with pytest.raises(ValueError, match="diagnostics"):
+        InstrumentedAdamW(make_params(torch.float32), diagnostics="everything")
+    with pytest.raises(ValueError, match="diagnostics"):
+        opt.diagnostics = "verbose"
+
+
+def test_totals_combine_groups_and_c_t_is_the_ratio_of_preconditioned_norms():
+    params = make_params(torch.float64)
+    opt = InstrumentedAdamW([{"params": params[:1]}, {"params": params[1:], "lr": 1e-3}], diagnostics="full")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        set_grads(params, gen)
+        opt.step()
+    h = opt.history
+    for key in ("grad_norm", "m_hat_norm", "precond_norm", "update_norm"):
+        np.testing.assert_allclose(h[key], np.hypot(h[key + "/group0"], h[key + "/group1"]), rtol=1e-12)
+    np.testing.assert_allclose(h["sqrt_v_hat_max"], np.maximum(h["sqrt_v_hat_max/group0"],
+                                                               h["sqrt_v_hat_max/group1"]), rtol=0)
+    assert math.isnan(h["c_t"][0])
+    np.testing.assert_allclose(h["c_t"][1:], h["precond_norm"][1:] / h["precond_norm"][:-1], rtol=1e-12)
+    np.testing.assert_array_equal(h["step"], np.arange(1, 7))
+
+
+def test_nonfinite_gradients_are_flagged_not_hidden():
+    ref, got = make_params(torch.float32), make_params(torch.float32)
+    opts = [torch.optim.AdamW(ref), InstrumentedAdamW(got, diagnostics="full")]
+    for params, opt in zip((ref, got), opts, strict=True):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        params[1].grad[0, 0] = math.nan
+        opt.step()
+    h = opts[1].history
+    assert h["nonfinite_grad"][0] == 1.0 and math.isnan(h["grad_norm"][0])
+    assert h["nonfinite_grad/group0"][0] == 1.0
+    assert all(torch.equal(a, b, ) or (a.isnan() == b.isnan()).all() for a, b in zip(ref, got, strict=True))
+    assert torch.isnan(got[1][0, 0]) and not torch.isnan(got[0]).any()
+
+
+def test_reset_moments_restarts_adam_like_a_fresh_optimizer():
+    params = make_params(torch.float64)
+    opt = run(InstrumentedAdamW, params, 20, diagnostics="cheap", lr=1e-2)
+    opt.reset_moments()
+    assert all(float(s["step"]) == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any()
+               for s in opt.state.values())
+    fresh_params = [p.detach().clone().requires_grad_() for p in params]
+    fresh = torch.optim.AdamW(fresh_params, lr=1e-2)
+    gen_a, gen_b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for _ in range(10):
+        set_grads(params, gen_a)
+        set_grads(fresh_params, gen_b)
+        opt.step()
+        fresh.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, fresh_params, strict=True))
+    assert math.isnan(opt.history["c_t"][20])  # C_T restarts after a reset
+    assert opt.history["t/group0"][20] == 1.0
+
+
+def test_new_batch_counts_batches_and_resets_only_when_asked():
+    for reset in (False, True):
+        params = make_params(torch.float64)
+        opt = InstrumentedAdamW(params, reset_on_new_batch=reset)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            opt.new_batch()
+            for _ in range(4):  # mu = 4 inner steps on the batch
+                set_grads(params, gen)
+                opt.step()
+        h = opt.history
+        np.testing.assert_array_equal(h["batch"], np.repeat([1.0, 2.0, 3.0], 4))
+        expected_t = np.tile([1.0, 2.0, 3.0, 4.0], 3) if reset else np.arange(1.0, 13.0)
+        np.testing.assert_array_equal(h["t/group0"], expected_t)
+
+
+def test_bad_input_messages_match_torch():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    cases = [dict(lr=-1.0), dict(eps=-1e-8), dict(betas=(1.0, 0.9)), dict(betas=(0.9, -0.1)),
+             dict(betas=(0.9, 1.0)), dict(weight_decay=-0.1)]
+    for kwargs in cases:
+        with pytest.raises(ValueError) as theirs:
+            torch.optim.AdamW(p, **kwargs)
+        with pytest.raises(ValueError) as ours:
+            InstrumentedAdamW(p, **kwargs)
+        assert str(ours.value) == str(theirs.value)
+    with pytest.raises(ValueError, match="non-leaf"):
+        InstrumentedAdamW([torch.zeros(3, requires_grad=True) * 2])
+    messages = []
+    for cls in (torch.optim.AdamW, InstrumentedAdamW):
+        emb = torch.nn.Embedding(10, 3, sparse=True)
+        emb(torch.tensor([1, 2])).sum().backward()
+        with pytest.raises(RuntimeError, match="sparse gradients") as err:
+            cls(emb.parameters()).step()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+def paper_eq5_6_moments(grads: list[float], beta1: float, beta2: float) -> tuple[float, float]:
+    """Our reading of the paper's Eq. 5-6: the bias-corrected moment is fed back into the recursion."""
+    m_hat = v_hat = 0.0
+    for t, g in enumerate(grads, start=1):
+        m_hat = (beta1 * m_hat + (1 - beta1) * g) / (1 - beta1**t)
+        v_hat = (beta2 * v_hat + (1 - beta2) * g * g) / (1 - beta2**t)
+    return m_hat, v_hat
+
+
+def standard_adam_moments(grads: list[float], beta1: float, beta2: float) -> tuple[float, float]:
+    """Adam (Kingma & Ba, Alg. 1), as in the paper's App. C.3 and in torch: correct after the recursion."""
+    m = v = 0.0
+    for g in grads:
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+    t = len(grads)
+    return m / (1 - beta1**t), v / (1 - beta2**t)
+
+
+def test_errata_eq5_6_bias_correction_differs_and_library_uses_the_standard_one():
+    beta1, beta2, lr = 0.9, 0.95, 1e-2
+    grads = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    paper = paper_eq5_6_moments(grads, beta1, beta2)
+    standard = standard_adam_moments(grads, beta1, beta2)
+    # constant gradient 1: the standard m̂ is exactly 1; fed back, the correction compounds (m̂_2 = 1.9/1.9·...)
+    assert standard_adam_moments([1.0] * 4, beta1, beta2)[0] == pytest.approx(1.0, rel=1e-15)
+    assert paper_eq5_6_moments([1.0] * 4, beta1, beta2)[0] > 1.5
+    assert abs(paper[0] - standard[0]) > 0.1 * abs(standard[0])
+    # the parameter moved by the library and by torch is −lr·m̂/(√v̂+ε) with the *standard* moments
+    for cls in (InstrumentedAdamW, torch.optim.AdamW):
+        p = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        opt = cls([p], lr=lr, betas=(beta1, beta2), eps=0.0, weight_decay=0.0)
+        for g in grads:
+            before = p.item()
+            p.grad = torch.tensor(g, dtype=torch.float64)
+            opt.step()
+        last_step = p.item() - before
+        assert last_step == pytest.approx(-lr * standard[0] / math.sqrt(standard[1]), rel=1e-12)
+        assert last_step != pytest.approx(-lr * paper[0] / math.sqrt(paper[1]), rel=1e-3)
+
+
+def test_public_name():
+    assert cp.InstrumentedAdamW is InstrumentedAdamW
