@@ -1,0 +1,172 @@
+"""Closed forms of Props 2, 3, 7 (Eq. 27, 31-38) checked against InstrumentedAdamW on scalar fp64 problems."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from companion import theory
+from companion.optim import InstrumentedAdamW
+
+BETA1 = 0.9
+LR = 2.0**-10
+
+
+def vanishing_gradient_run(beta2: float, T: int, K: int, eps: float = 0.0, scale: float = 1.0):
+    """Scalar fp64 AdamW: gradient `scale` for steps 1..T−1, exactly 0 for steps T..T+K−1.
+
+    Returns the history and θ after every step (θ[0] is the start).
+    """
+    p = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    opt = InstrumentedAdamW([p], lr=LR, betas=(BETA1, beta2), eps=eps, weight_decay=0.0, diagnostics="full")
+    thetas = [p.item()]
+    for step in range(1, T + K):
+        p.grad = torch.tensor(scale if step < T else 0.0, dtype=torch.float64)
+        opt.step()
+        thetas.append(p.item())
+    return opt.history, np.array(thetas)
+
+
+CASES = [(beta2, T) for beta2 in (0.95, 0.999) for T in (2, 3, 10, 50, 200)]
+
+
+@pytest.mark.parametrize(("beta2", "T"), CASES)
+def test_c_t_and_c_tk_are_exact_for_eps_zero(beta2, T):
+    K = 40
+    h, _ = vanishing_gradient_run(beta2, T, K)
+    u = h["precond_norm"]  # u[i] is ‖m̂/(√v̂+ε)‖ after step i+1
+    assert h["c_t"][T - 1] == pytest.approx(theory.c_t(BETA1, beta2, T), rel=1e-12)  # Eq. 32
+    for k in range(K):
+        assert u[T - 1 + k] / u[T - 2] == pytest.approx(theory.c_tk(BETA1, beta2, T, k), rel=1e-12)  # Eq. 36
+    # the momentum-only motion of Prop 3: no gradient, and yet every step moved the parameter
+    assert (h["momentum_only_frac"][T - 1:] == 1.0).all()
+    assert (h["update_norm"][T - 1:] > 0).all()
+
+
+@pytest.mark.parametrize(("beta2", "T"), CASES)
+def test_total_drift_after_the_gradient_vanishes(beta2, T):
+    K = 60
+    _, theta = vanishing_gradient_run(beta2, T, K)
+    drift_in_lr = (theta[T - 1] - theta[T - 1 + K]) / LR  # θ after step T−1 minus θ after step T+K−1
+    assert drift_in_lr == pytest.approx(theory.drift_after_vanishing(BETA1, beta2, T, K), rel=1e-12)
+
+
+def test_large_t_limits_eq33_eq37():
+    # Eq. 33 with the paper's number: β1/√β2 ≈ 0.923 for (0.9, 0.95).
+    assert round(theory.c_t_limit(0.9, 0.95), 3) == 0.923
+    # measured on the optimizer, T large enough that β^T underflows relative to 1e-12
+    h, _ = vanishing_gradient_run(0.95, 1000, 30)
+    u = h["precond_norm"]
+    assert h["c_t"][999] == pytest.approx(theory.c_t_limit(BETA1, 0.95), rel=1e-12)
+    for k in range(30):
+        assert u[999 + k] / u[998] == pytest.approx(theory.c_tk_large_t(BETA1, 0.95, k), rel=1e-12)
+    # closed forms converge to their limits for both β2
+    for beta2 in (0.95, 0.999):
+        assert theory.c_t(BETA1, beta2, 100_000) == pytest.approx(theory.c_t_limit(BETA1, beta2), rel=1e-12)
+        assert theory.c_tk(BETA1, beta2, 100_000, 7) == pytest.approx(
+            theory.c_tk_large_t(BETA1, beta2, 7), rel=1e-12)
+        assert theory.drift_after_vanishing(BETA1, beta2, 100_000) == pytest.approx(
+            theory.drift_limit(BETA1, beta2), rel=1e-12)
+        # at finite T the limit is *not* exact: β2 = 0.999 with T = 50 is far from it
+    assert abs(theory.c_t(BETA1, 0.999, 50) / theory.c_t_limit(BETA1, 0.999) - 1) > 1e-3
+
+
+def test_drift_limit_against_a_long_optimizer_run():
+    K = 600  # (β1/√β2)^600 ≈ 1e-21
+    _, theta = vanishing_gradient_run(0.95, 1000, K)
+    assert (theta[999] - theta[999 + K]) / LR == pytest.approx(theory.drift_limit(BETA1, 0.95), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta2", [0.95, 0.999])
+@pytest.mark.parametrize("T", [5, 50])
+def test_eps_modulation_eq38_is_exact_and_matters(beta2, T):
+    eps, scale, K = 1e-3, 2e-3, 30  # ε comparable to √v̂ ≈ 2e-3
+    h, _ = vanishing_gradient_run(beta2, T, K, eps=eps, scale=scale)
+    u = h["precond_norm"]
+    root_before = h["sqrt_v_hat_mean"][T - 2]  # scalar problem: √v̂_{T−1}
+    for k in range(K):
+        measured = u[T - 1 + k] / u[T - 2]
+        exact = theory.c_tk_with_eps(BETA1, beta2, T, k, eps, root_before)
+        assert measured == pytest.approx(exact, rel=1e-12)
+        root_after = h["sqrt_v_hat_mean"][T - 1 + k]
+        assert root_after == pytest.approx(root_before * theory.sqrt_v_hat_ratio(beta2, T, k), rel=1e-12)
+        factor = theory.eps_modulation(root_before, root_after, eps)
+        assert exact == pytest.approx(theory.c_tk(BETA1, beta2, T, k) * factor * root_after / root_before,
+                                      rel=1e-12)
+        assert measured < theory.c_tk(BETA1, beta2, T, k) * (1 - 1e-3)  # ε damps the post-clip steps
+
+
+def test_eps_ratio_is_evaluated_on_the_optimizer_state():
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    opt = InstrumentedAdamW([p], eps=1e-8, betas=(0.9, 0.95))
+    p.grad = torch.tensor([1.0, 1e-4, 1e-9, 0.0], dtype=torch.float64)
+    opt.step()
+    ratio = theory.eps_ratio(opt, phi=10.0)
+    # one step: v̂ = g², so ε/(φ√v̂) = ε/(φ|g|)
+    np.testing.assert_allclose(ratio[:3].numpy(), [1e-9, 1e-5, 1.0], rtol=1e-12)
+    assert math.isinf(ratio[3])
+    assert theory.step_shrink_factor(ratio[2]).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="phi"):
+        theory.eps_ratio(opt, phi=0.0)
+
+
+def run_scaled(phi: float, eps: float, steps: int = 40):
+    """Gradients g_t·φ from a fixed stream (independent of θ), β = 0 in the objective's terms (Prop 2)."""
+    p = torch.nn.Parameter(torch.zeros(64, dtype=torch.float64))
+    opt = InstrumentedAdamW([p], lr=1e-2, eps=eps, weight_decay=0.1, betas=(0.9, 0.95), diagnostics="off")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        p.grad = phi * torch.randn(64, dtype=torch.float64, generator=gen) * torch.logspace(-6, 0, 64,
+                                                                                               dtype=torch.float64)
+        opt.step()
+    return p.detach(), opt
+
+
+def test_prop2_scaling_invariance_exact_without_eps():
+    base, _ = run_scaled(1.0, eps=0.0)
+    for phi in (2.0**-20, 2.0**-3, 2.0**7, 2.0**30):  # powers of two scale m, v exactly (Prop 6)
+        scaled, _ = run_scaled(phi, eps=0.0)
+        assert torch.equal(scaled, base)
+
+
+def test_prop2_eps_breaks_invariance_exactly_as_eq27_says():
+    eps = 1e-6
+    _, ref = run_scaled(1.0, eps=eps)
+    state_ref = ref.state[ref.param_groups[0]["params"][0]]
+    errors = []
+    no_eps, _ = run_scaled(1.0, eps=0.0)
+    for phi in (2.0**-4, 1.0, 2.0**8, 2.0**20):
+        theta, opt = run_scaled(phi, eps=eps)
+        state = opt.state[opt.param_groups[0]["params"][0]]
+        assert torch.equal(state["exp_avg"], phi * state_ref["exp_avg"])  # m* = φm
+        assert torch.equal(state["exp_avg_sq"], phi**2 * state_ref["exp_avg_sq"])  # v* = φ²v
+        # Eq. 27: the step is m̂/(√v̂ (1 + ε/(φ√v̂))), with m̂, v̂ of the *unscaled* run
+        bc1, bc2 = 1 - 0.9**40, 1 - 0.95**40
+        m_hat = state["exp_avg"] / bc1
+        root = state["exp_avg_sq"].sqrt() / math.sqrt(bc2)
+        u_scaled = m_hat / (root + eps)
+        u_ref = (state_ref["exp_avg"] / bc1) / (state_ref["exp_avg_sq"].sqrt() / math.sqrt(bc2))
+        predicted = u_ref * theory.step_shrink_factor(theory.eps_ratio(ref, phi=phi))
+        np.testing.assert_allclose(u_scaled.numpy(), predicted.numpy(), rtol=1e-12)
+        errors.append((theta - no_eps).abs().max().item())
+    # as ε/(φ√v̂) → 0 the trajectory approaches the ε = 0 one (the invariance of Prop 2)
+    assert errors == sorted(errors, reverse=True)
+    assert errors[-1] < 1e-6 * errors[0]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="beta1"):
+        theory.c_t(1.0, 0.95, 5)
+    with pytest.raises(ValueError, match="beta2"):
+        theory.c_tk(0.9, 1.5, 5, 0)
+    with pytest.raises(ValueError, match="T must be"):
+        theory.c_t(0.9, 0.95, 1)
+    with pytest.raises(ValueError, match="k must be"):
+        theory.c_tk(0.9, 0.95, 5, -1)
+    with pytest.raises(ValueError, match="diverges"):
+        theory.drift_after_vanishing(0.99, 0.9, 10)
+    with pytest.raises(ValueError, match="unbounded"):
+        theory.drift_limit(0.99, 0.9)
+    with pytest.raises(ValueError, match="eps"):
+        theory.eps_modulation(1.0, 1.0, -1.0)
