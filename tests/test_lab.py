@@ -131,6 +131,14 @@ def test_a_short_run_improves_the_exact_reward_on_the_easiest_task():
     assert h.outer("accuracy")[-5:].mean() > h.outer("accuracy")[:5].mean() + 0.3
 
 
+def test_gru_learns_pick():
+    task = make_task("pick")
+    h = run(GRUPolicy.for_task(task, seed=0), task, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+            steps=40, inner_steps=1, group_size=8, prompts_per_step=4)
+    accuracy = h.outer("accuracy")
+    assert accuracy[-10:].mean() > accuracy[:10].mean() + 0.25
+
+
 def test_tiny_gpt2_learns_pick_in_a_few_seconds():
     task = make_task("pick")
     policy = TinyGPT2Policy.for_task(task, seed=0)
