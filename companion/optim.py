@@ -21,6 +21,7 @@ Everything is recorded per parameter group (key suffix ``/group{i}``) and in tot
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -41,8 +42,9 @@ FULL_KEYS: tuple[str, ...] = ("update_norm", "cos_update_neg_grad", "momentum_on
 
 # Columns of the per-chunk statistics vector, and how each one is reduced across chunks and tensors.
 # Per chunk: ‖g‖², ‖m‖², Σ√v̂, min √v̂, max √v̂, Σs², Σs with s = sign(√v̂ − ε), ‖m/(√v̂+ε)‖², then (full only)
-# ‖Δθ‖², ⟨Δθ, −g⟩, Σz_m, ⟨z_g, z_m⟩ with z_x = sign|x|; the element count is appended per parameter.
-_STATS = ("gg", "mm", "v_sum", "v_min", "v_max", "s_sq", "s_sum", "uu", "dd", "dg", "zm_sum", "zgzm", "numel")
+# ‖Δθ‖², ⟨Δθ, −g⟩, #(m ≠ 0), #(g ≠ 0 and m ≠ 0); the element count is appended per parameter.
+_STATS = ("gg", "mm", "v_sum", "v_min", "v_max", "s_sq", "s_sum", "uu", "dd", "dg", "m_nonzero", "gm_nonzero",
+          "numel")
 _MIN, _MAX = _STATS.index("v_min"), _STATS.index("v_max")
 
 
@@ -107,25 +109,29 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1)
 
 
-def _moment_stats(g: Tensor, m: Tensor, sqrt_v_hat: Tensor, eps: float) -> list[Tensor]:
+def _moment_stats(g: Tensor, m: Tensor, sqrt_v_hat: Tensor, eps: float,
+                  out: Tensor | None = None) -> list[Tensor]:
     """‖g‖², ‖m‖², Σ√v̂, min √v̂, max √v̂, Σs², Σs of one chunk, s = sign(√v̂ − ε) (before ε is added).
 
     #(ε ≥ √v̂) = n − (Σs² + Σs)/2. sign() is used because bool-producing comparisons are several times
     slower on CPU.
     """
     v_min, v_max = torch.aminmax(sqrt_v_hat)
-    s = torch.sub(sqrt_v_hat, eps).sign_()
+    s = torch.sub(sqrt_v_hat, eps, out=out).sign_()
     return [torch.dot(g, g), torch.dot(m, m), sqrt_v_hat.sum(), v_min, v_max, torch.dot(s, s), s.sum()]
 
 
-def _motion_stats(minus_delta: Tensor, g: Tensor, m: Tensor) -> list[Tensor]:
-    """‖Δθ‖², ⟨Δθ, −g⟩, Σz_m, ⟨z_g, z_m⟩ of one chunk, from −Δθ = θ_{t−1} − θ_t; z_x = sign|x|.
+def _motion_stats(minus_delta: Tensor, g: Tensor, m: Tensor, out: Tensor | None = None) -> list[Tensor]:
+    """‖Δθ‖², ⟨Δθ, −g⟩, #(m ≠ 0), #(g ≠ 0 and m ≠ 0) of one chunk, from −Δθ = θ_{t−1} − θ_t.
 
-    #(g = 0 and m ≠ 0) = Σz_m − ⟨z_g, z_m⟩.
+    With s_x = sign(x): #(m ≠ 0) = ⟨s_m, s_m⟩ and #(g ≠ 0, m ≠ 0) = ‖s_g ⊙ s_m‖², so the momentum-only
+    count #(g = 0, m ≠ 0) is their difference. `minus_delta` is overwritten once it has been used.
     """
-    z_g = torch.abs(g).sign_()
-    z_m = torch.abs(m).sign_()
-    return [torch.dot(minus_delta, minus_delta), torch.dot(minus_delta, g), z_m.sum(), torch.dot(z_g, z_m)]
+    motion = [torch.dot(minus_delta, minus_delta), torch.dot(minus_delta, g)]
+    s_m = torch.sign(m, out=minus_delta)
+    m_count = torch.dot(s_m, s_m)
+    both = s_m.mul_(torch.sign(g, out=out))
+    return [*motion, m_count, torch.dot(both, both)]
 
 
 def _chunk_stats_from_state(g: Tensor, m: Tensor, v: Tensor, bc2_sqrt: float, eps: float,
@@ -170,8 +176,45 @@ def _finish(stats: Tensor | None) -> dict[str, float]:
         "nonfinite_grad": float(not math.isfinite(s["gg"])),
         "update_norm": update_norm,
         "cos_update_neg_grad": s["dg"] / denom if denom > 0 else math.nan,
-        "momentum_only_frac": (s["zm_sum"] - s["zgzm"]) / s["numel"],
+        "momentum_only_frac": (s["m_nonzero"] - s["gm_nonzero"]) / s["numel"],
     }
+
+
+@dataclass(frozen=True)
+class _Hyper:
+    lr: float
+    beta1: float
+    beta2: float
+    weight_decay: float
+    eps: float
+    bc2_sqrt: float
+    step_size: float
+    maximize: bool
+
+
+def _adamw_chunk(theta: Tensor, grad: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None,
+                 work: tuple[Tensor, ...], h: _Hyper, full: bool) -> list[Tensor]:
+    """One chunk of torch's AdamW update (the same operations in the same order) and its statistics."""
+    size = theta.numel()
+    scratch, signs, before = work if size == CHUNK else (w[:size] for w in work)
+    g = torch.neg(grad) if h.maximize else grad
+    if full:
+        before.copy_(theta)
+    if h.weight_decay != 0:
+        theta.mul_(1 - h.lr * h.weight_decay)
+    m.lerp_(g, 1 - h.beta1)
+    v.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)
+    if v_max is not None:
+        v = torch.maximum(v_max, v, out=v_max)
+    sqrt_v_hat = torch.sqrt(v, out=scratch).div_(h.bc2_sqrt)
+    parts = _moment_stats(g, m, sqrt_v_hat, h.eps, signs)
+    denom = sqrt_v_hat.add_(h.eps)
+    theta.addcdiv_(m, denom, value=-h.step_size)
+    u_raw = torch.div(m, denom, out=scratch)
+    parts.append(torch.dot(u_raw, u_raw))
+    if full:
+        parts += _motion_stats(before.sub_(theta), g, m, signs)
+    return parts
 
 
 class InstrumentedAdamW(torch.optim.AdamW):
@@ -209,6 +252,7 @@ class InstrumentedAdamW(torch.optim.AdamW):
         self.reset_on_new_batch = bool(reset_on_new_batch)
         self.history = History()
         self._snapshots: dict[Tensor, Tensor] = {}
+        self._work: dict[tuple[torch.dtype, torch.device], tuple[Tensor, ...]] = {}
         self._steps_taken = 0
         self._batches = 0
         self._previous_precond: dict[str, tuple[int, float]] = {}
@@ -300,40 +344,35 @@ class InstrumentedAdamW(torch.optim.AdamW):
         steps: list[Tensor] = []
         self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
         beta1, beta2 = group["betas"]
-        lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
-        amsgrad, maximize = group["amsgrad"], group["maximize"]
         rows, t = [], math.nan
         for i, p in enumerate(params):
-            param_rows = []
             steps[i] += 1
             step = float(steps[i])
             t = step if math.isnan(t) else t
             bc1, bc2_sqrt = bias_corrections(beta1, beta2, step)
-            step_size = lr / bc1
-            flat = [x.view(-1) for x in (p, grads[i], exp_avgs[i], exp_avg_sqs[i])]
-            v_max = max_exp_avg_sqs[i].view(-1) if amsgrad else None
+            hyper = _Hyper(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                           eps=group["eps"], bc2_sqrt=bc2_sqrt, step_size=group["lr"] / bc1,
+                           maximize=group["maximize"])
+            tensors = [x.view(-1) for x in (p, grads[i], exp_avgs[i], exp_avg_sqs[i])]
+            if group["amsgrad"]:
+                tensors.append(max_exp_avg_sqs[i].view(-1))
+            work = self._workspace(p)
+            parts: list[Tensor] = []
             for start, size in _chunks(p.numel()):
-                theta, grad, m, v = (x.narrow(0, start, size) for x in flat)
-                g = -grad if maximize else grad
-                before = theta.clone() if full else None
-                if weight_decay != 0:
-                    theta.mul_(1 - lr * weight_decay)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                if v_max is not None:
-                    v = torch.maximum(v_max.narrow(0, start, size), v, out=v_max.narrow(0, start, size))
-                sqrt_v_hat = v.sqrt() / bc2_sqrt
-                parts = _moment_stats(g, m, sqrt_v_hat, eps)
-                denom = sqrt_v_hat.add_(eps)
-                theta.addcdiv_(m, denom, value=-step_size)
-                u_raw = torch.div(m, denom, out=denom)
-                parts.append(torch.dot(u_raw, u_raw))
-                if before is not None:
-                    parts += _motion_stats(before.sub_(theta), g, m)
-                param_rows.append(torch.stack(parts))
-            if param_rows:
-                rows.append(_per_parameter(param_rows, bc1, p.numel(), flip_dg=False))
+                chunk = [x.narrow(0, start, size) for x in tensors]
+                parts += _adamw_chunk(*chunk[:4], chunk[4] if len(chunk) == 5 else None, work, hyper, full)
+            if parts:
+                per_chunk = torch.stack(parts).view(-(-p.numel() // CHUNK), -1)
+                rows.append(_per_parameter(per_chunk, bc1, p.numel(), flip_dg=False))
         return (_reduce_rows(torch.stack(rows)) if rows else None), t
+
+    def _workspace(self, p: Tensor) -> tuple[Tensor, ...]:
+        """Three chunk-sized scratch vectors for `p`'s dtype and device (never parameter-sized)."""
+        key = (p.dtype, p.device)
+        work = self._work.get(key)
+        if work is None or work[0].numel() != CHUNK:
+            work = self._work[key] = torch.empty(3, CHUNK, dtype=p.dtype, device=p.device).unbind(0)
+        return work
 
     def _record(self, per_group: list[tuple[Tensor | None, float]], full: bool) -> None:
         row: dict[str, float] = {"step": float(self._steps_taken), "batch": float(self._batches)}
@@ -383,17 +422,18 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 g, m, v, *motion = (x.narrow(0, start, size) for x in flat)
                 theta, before = motion if motion else (None, None)
                 param_rows.append(_chunk_stats_from_state(g, m, v, bc2_sqrt, eps, theta, before))
-            rows.append(_per_parameter(param_rows, bc1, flat[0].numel(), flip_dg=group["maximize"]))
+            per_chunk = torch.stack(param_rows)
+            rows.append(_per_parameter(per_chunk, bc1, flat[0].numel(), flip_dg=group["maximize"]))
         return (_reduce_rows(torch.stack(rows)) if rows else None), t
 
 
-def _per_parameter(chunk_rows: list[Tensor], bc1: float, numel: int, flip_dg: bool) -> Tensor:
+def _per_parameter(chunk_rows: Tensor, bc1: float, numel: int, flip_dg: bool) -> Tensor:
     """Reduce one parameter's chunk rows to a float64 CPU row over all `_STATS` columns.
 
     m̂ = m / bc1 turns ‖m‖² and ‖m/(√v̂+ε)‖² into their m̂ forms. `flip_dg`: with maximize torch descends
     along +grad, so ⟨Δθ, −g_eff⟩ = −⟨Δθ, −grad⟩.
     """
-    stats = _reduce_rows(torch.stack(chunk_rows).to(torch.float64)).cpu()
+    stats = _reduce_rows(chunk_rows.to(torch.float64)).cpu()
     missing = len(_STATS) - 1 - stats.numel()
     stats = torch.cat([stats, torch.full((missing,), math.nan, dtype=torch.float64),
                        torch.tensor([float(numel)], dtype=torch.float64)])
