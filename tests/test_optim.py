@@ -343,3 +343,19 @@ def test_errata_eq5_6_bias_correction_differs_and_library_uses_the_standard_one(
 
 def test_public_name():
     assert cp.InstrumentedAdamW is InstrumentedAdamW
+
+
+@pytest.mark.parametrize("level", ["off", "cheap", "full"])
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_step_hooks_run_once_even_when_torch_adamw_step_is_patched(level, tensor_lr):
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # patches AdamW.step with torch's hook wrapper
+    params = make_params(torch.float32)
+    lr = torch.tensor(1e-3) if tensor_lr else 1e-3
+    opt = InstrumentedAdamW(params, lr=lr, foreach=False, diagnostics=level)
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert calls == ["pre", "post"]
