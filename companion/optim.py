@@ -21,7 +21,8 @@ Levels (`diagnostics=`), history keys in brackets:
 - ``"off"``: nothing is computed or recorded.
 - ``"cheap"`` (default): ‖g‖ [grad_norm], ‖m̂‖ [m_hat_norm], ‖u‖ [precond_norm], C_T = ‖u_t‖/‖u_{t−1}‖
   (Eq. 31) [c_t], min/mean/max of √v̂ [sqrt_v_hat_min/mean/max], the fraction of coordinates with ε ≥ √v̂
-  (Prop 2's condition) [eps_dominated_frac], 1.0 if ‖g‖ is not finite [nonfinite_grad].
+  (Prop 2's condition) [eps_dominated_frac], 1.0 if ‖g‖² is not finite [nonfinite_grad] (a NaN/inf
+  gradient, or a finite one whose square overflows the parameter's dtype).
 - ``"full"``: also ‖Δθ‖ as measured on the parameters [update_norm], cos(Δθ, −g) [cos_update_neg_grad]
   (g is the gradient torch descends along, i.e. −grad with maximize), and the fraction of coordinates whose
   gradient is exactly 0 but whose m is not, so that Adam still moves them (Prop 3) [momentum_only_frac].
@@ -243,6 +244,7 @@ class InstrumentedAdamW(torch.optim.AdamW):
 
     ``opt.history`` holds the record; ``opt.new_batch()`` is the hook a training loop calls when it draws a
     new batch (it counts batches into the ``batch`` column and, optionally, resets the moments).
+    ``opt.reset_moments()`` zeroes m, v and the step counter t, so the next step is a first Adam step.
     """
 
     def __init__(
@@ -462,10 +464,11 @@ def _per_parameter(chunk_rows: Tensor, bc1: float, numel: int, flip_dg: bool) ->
 
 
 def _fusable(group: dict[str, Any]) -> bool:
-    """Groups the chunked step handles: real fp32/fp64 tensors, float hyper-parameters, plain mode."""
+    """Groups the chunked step handles: real contiguous fp32/fp64 CPU tensors, float hyper-parameters, plain
+    mode. (On accelerators torch's foreach kernels need not round like its single-tensor ones.)"""
     plain = not (group["capturable"] or group["differentiable"] or group["fused"])
     floats = all(isinstance(x, float | int) for x in (group["lr"], *group["betas"]))
-    tensors = all(p.dtype in (torch.float32, torch.float64) and p.is_contiguous()
+    tensors = all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and p.is_contiguous()
                   and (p.grad is None or (p.grad.is_contiguous() and not p.grad.is_sparse))
                   for p in group["params"])
     return plain and floats and tensors

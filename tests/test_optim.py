@@ -359,3 +359,24 @@ def test_step_hooks_run_once_even_when_torch_adamw_step_is_patched(level, tensor
         p.grad = torch.ones_like(p)
     opt.step()
     assert calls == ["pre", "post"]
+
+
+def test_non_contiguous_and_bfloat16_parameters_take_torch_step_and_still_report():
+    def build():
+        gen = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(7, 5, generator=gen).t()),
+                torch.nn.Parameter(torch.randn(9, generator=gen).to(torch.bfloat16))]
+
+    ref, got = build(), build()
+    opts = [torch.optim.AdamW(ref, foreach=False), InstrumentedAdamW(got, foreach=False, diagnostics="full")]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in ref]
+        for params, opt in zip((ref, got), opts, strict=True):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    h = opts[1].history
+    for key in ("grad_norm", "precond_norm", "update_norm", "cos_update_neg_grad", "sqrt_v_hat_mean"):
+        assert np.isfinite(h[key]).all(), key
