@@ -339,6 +339,16 @@ class InstrumentedAdamW(torch.optim.AdamW):
         if self.reset_on_new_batch:
             self.reset_moments()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch pickles only defaults, state and groups; keep the record and settings too (not buffers)."""
+        kept = ("_diagnostics", "reset_on_new_batch", "history", "_steps_taken", "_batches",
+                "_previous_precond")
+        return {**super().__getstate__(), **{name: getattr(self, name) for name in kept}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._snapshots, self._work = {}, {}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._previous_precond.clear()  # C_T across a swap would compare two different runs

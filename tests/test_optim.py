@@ -380,3 +380,31 @@ def test_non_contiguous_and_bfloat16_parameters_take_torch_step_and_still_report
     h = opts[1].history
     for key in ("grad_norm", "precond_norm", "update_norm", "cos_update_neg_grad", "sqrt_v_hat_mean"):
         assert np.isfinite(h[key]).all(), key
+
+
+def test_pickle_and_deepcopy_keep_settings_and_history():
+    import copy
+    import pickle
+
+    params = make_params(torch.float64)
+    opt = run(InstrumentedAdamW, params, 3, diagnostics="full", reset_on_new_batch=True)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.diagnostics == "full" and clone.reset_on_new_batch and len(clone.history) == 3
+        for p in clone.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        clone.step()
+        assert len(clone.history) == 4 and clone.history["step"][-1] == 4.0
+        assert not math.isnan(clone.history["c_t"][-1])
+    assert len(opt.history) == 3
+
+
+def test_a_group_added_mid_run_gets_nan_padded_columns():
+    params = make_params(torch.float32)
+    opt = run(InstrumentedAdamW, params[:1], 2)
+    opt.add_param_group({"params": params[1:]})
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    column = opt.history["grad_norm/group1"]
+    assert len(column) == 3 and np.isnan(column[:2]).all() and column[2] > 0
+    assert opt.history["grad_norm"][2] == pytest.approx(math.sqrt(sum(p.numel() for p in params)), rel=1e-6)
