@@ -50,8 +50,9 @@ def test_parameters_bit_identical_to_torch(dtype, weight_decay, amsgrad, foreach
 
 @pytest.mark.parametrize("level", ["cheap", "full"])
 def test_maximize_and_nonfloat_paths_bit_identical(level):
-    # maximize goes through the chunked step; a tensor lr forces torch's own step + reading the state.
-    for kwargs in (dict(maximize=True, lr=1e-2), dict(lr=torch.tensor(1e-2), foreach=False)):
+    # maximize goes through the chunked step; a tensor lr or fused=True take torch's own step + the state.
+    cases = (dict(maximize=True, lr=1e-2), dict(lr=torch.tensor(1e-2), foreach=False), dict(fused=True))
+    for kwargs in cases:
         ref = make_params(torch.float32)
         run(torch.optim.AdamW, ref, 100, **kwargs)
         got = make_params(torch.float32)
