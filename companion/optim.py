@@ -387,8 +387,7 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 tensors.append(max_exp_avg_sqs[i].view(-1))
             work = self._workspace(p)
             parts: list[Tensor] = []
-            for start, size in _chunks(p.numel()):
-                chunk = [x.narrow(0, start, size) for x in tensors]
+            for chunk in zip(*(x.split(CHUNK) for x in tensors), strict=True):
                 parts += _adamw_chunk(*chunk[:4], chunk[4] if len(chunk) == 5 else None, work, hyper, full)
             if parts:
                 per_chunk = torch.stack(parts).view(-(-p.numel() // CHUNK), -1)
