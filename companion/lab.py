@@ -168,6 +168,20 @@ def _loss_fields(out: Any) -> dict[str, Tensor]:
     return fields
 
 
+def _per_seed(fn: Callable[..., Any], *args: Tensor | None) -> Any:
+    """Apply ``fn`` to each seed's slice of ``args`` (leading axis S): ``torch.func.vmap`` when ``fn`` allows
+    it, else a plain loop over seeds (an objective with Python control flow on tensor values, or ``.item()``,
+    cannot be vmapped). Both give each seed exactly its own result; the loop is slower for many seeds."""
+    in_dims = tuple(None if a is None else 0 for a in args)
+    try:
+        return torch.func.vmap(fn, in_dims=in_dims)(*args)
+    except (RuntimeError, ValueError):  # a genuine error in fn raises again in the loop below
+        results = [fn(*(None if a is None else a[s] for a in args)) for s in range(args[0].shape[0])]
+    if isinstance(results[0], dict):
+        return {k: torch.stack([r[k] for r in results]) for k in results[0]}
+    return torch.stack(results)
+
+
 def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor,
                   ref: Tensor | None) -> dict[str, Tensor]:
     """The objective applied to each seed's batch separately: (S, N, T) inputs -> {name: (S,)}.
@@ -181,14 +195,14 @@ def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: 
     if logp.shape[0] == 1:
         fields = one(logp[0], old[0], adv[0], mask[0], None if ref is None else ref[0])
         return {k: v.reshape(1) for k, v in fields.items()}
-    return torch.func.vmap(one, in_dims=(0, 0, 0, 0, None if ref is None else 0))(logp, old, adv, mask, ref)
+    return _per_seed(one, logp, old, adv, mask, ref)
 
 
 def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int) -> Tensor:
-    """(S, N) rewards -> (S, N) advantages, each seed's groups on their own."""
+    """(S, N) rewards -> (S, N) advantages, each seed's groups on their own (Eq. 2)."""
     if rewards.shape[0] == 1:
         return objective.advantages(rewards[0], group_size=group_size).unsqueeze(0)
-    return torch.func.vmap(lambda r: objective.advantages(r, group_size=group_size))(rewards)
+    return _per_seed(lambda r: objective.advantages(r, group_size=group_size), rewards)
 
 
 # --- the loop ------------------------------------------------------------------------------------------

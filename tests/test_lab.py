@@ -90,6 +90,22 @@ def test_vectorised_seeds_equal_single_seed_runs(make_optimizer):
     assert h["reward"].shape == (12, 3) and h["prefix_prob"].shape == (12, 3, 1)
 
 
+class NotVmappable(PlainClipped):
+    """The same loss, but it inspects tensor values in Python, which torch.func.vmap refuses."""
+
+    def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None) -> _Out:
+        if bool((mask.sum(-1) == 0).any()):
+            raise ValueError("mask: a completion without tokens")
+        return super().loss(logprobs, old_logprobs, adv, mask, ref_logprobs)
+
+
+def test_an_objective_that_cannot_be_vmapped_runs_seed_by_seed_with_the_same_result():
+    task = make_task("parity", n=2)
+    a, b = tabular(task, 3), tabular(task, 3)
+    assert_same_history(run(a, task), run(b, task, NotVmappable()), atol=1e-12)
+    assert torch.allclose(a.logits, b.logits, atol=1e-12, rtol=0)
+
+
 # --- sampling modes -----------------------------------------------------------------------------------
 def test_fixed_sampling_does_not_depend_on_theta_on_policy_does():
     task = make_task("pick", length="long")
