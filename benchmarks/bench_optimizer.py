@@ -17,7 +17,7 @@ import torch
 
 from companion.optim import InstrumentedAdamW
 
-ROUNDS = 25
+ROUNDS = 40
 WARMUP = 3
 VARIANTS = ("torch", "off", "cheap", "full")
 
