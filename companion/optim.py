@@ -290,10 +290,11 @@ class InstrumentedAdamW(torch.optim.AdamW):
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One AdamW step (torch's maths, bit for bit); then, unless diagnostics are off, one history row.
 
-        Plain real CPU/GPU groups (float lr and betas, no capturable/differentiable/fused) are stepped by a
-        chunked loop that performs torch's operations in torch's order and reads the statistics off the
-        intermediates while they are in cache; anything else is stepped by torch itself and the statistics
-        are read from the state afterwards (then "full" keeps θ_{t−1} in one parameter-sized buffer).
+        Plain groups (contiguous fp32/fp64 CPU tensors, float lr and betas, no capturable/differentiable/
+        fused) are stepped by a chunked loop that performs torch's operations in torch's order and reads the
+        statistics off the intermediates while they are in cache; anything else is stepped by torch itself
+        and the statistics are read from the state afterwards (then "full" keeps θ_{t−1} in one
+        parameter-sized buffer).
         """
         if self._diagnostics == "off":
             return _torch_adamw_step(self, closure)
