@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from companion.objective import Objective
 from companion.tasks import Task
 
 Sampling = Literal["on_policy", "fixed"]
@@ -160,7 +161,9 @@ def _masked_extreme(x: Tensor, mask: Tensor, largest: bool) -> Tensor:
 
 
 def _loss_fields(out: Any) -> dict[str, Tensor]:
-    """The loss and the objective's scalar diagnostics (clip fractions ...) of one LossOutput."""
+    """The loss and the objective's scalar diagnostics (clip fractions ...) of one loss output."""
+    if callable(getattr(out, "scalars", None)):  # companion's LossOutput
+        return dict(out.scalars())
     fields = {"loss": out.loss}
     for name, value in vars(out).items():
         if name != "loss" and isinstance(value, Tensor) and value.dim() == 0:
@@ -182,27 +185,57 @@ def _per_seed(fn: Callable[..., Any], *args: Tensor | None) -> Any:
     return torch.stack(results)
 
 
-def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor,
-                  ref: Tensor | None) -> dict[str, Tensor]:
+def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: Tensor, ref: Tensor | None,
+                  tokens: Tensor | None = None, entropies: Tensor | None = None,
+                  group_size: int | None = None) -> dict[str, Tensor]:
     """The objective applied to each seed's batch separately: (S, N, T) inputs -> {name: (S,)}.
 
     Each seed's loss sees only its own batch (token-sum denominators such as DAPO's never mix seeds), and
-    the sum over seeds has, for each seed's parameters, exactly that seed's gradient.
+    the sum over seeds has, for each seed's parameters, exactly that seed's gradient. A companion
+    ``Objective`` checks the inputs of all seeds once, then runs unchecked per seed (so vmap can batch it)
+    and gets the token ids, entropies and group size GTPO needs.
     """
-    def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None) -> dict[str, Tensor]:
-        return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r))
+    if isinstance(objective, Objective):
+        objective.check_inputs(logp.flatten(0, 1), old.flatten(0, 1), adv.flatten(0, 1), mask.flatten(0, 1),
+                               None if ref is None else ref.flatten(0, 1),
+                               tokens=None if tokens is None else tokens.flatten(0, 1),
+                               entropies=None if entropies is None else entropies.flatten(0, 1),
+                               group_size=group_size)
 
+        def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None, y: Tensor | None,
+                h: Tensor | None) -> dict[str, Tensor]:
+            return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r, tokens=y, entropies=h,
+                                               group_size=group_size, validate=False))
+    else:
+        def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None, y: Tensor | None,
+                h: Tensor | None) -> dict[str, Tensor]:
+            return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r))
+
+    if not isinstance(objective, Objective) or not objective.needs_tokens:
+        tokens = entropies = None
+    args = (logp, old, adv, mask, ref, tokens, entropies)
     if logp.shape[0] == 1:
-        fields = one(logp[0], old[0], adv[0], mask[0], None if ref is None else ref[0])
+        fields = one(*(None if a is None else a[0] for a in args))
         return {k: v.reshape(1) for k, v in fields.items()}
-    return _per_seed(one, logp, old, adv, mask, ref)
+    return _per_seed(one, *args)
 
 
-def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int) -> Tensor:
-    """(S, N) rewards -> (S, N) advantages, each seed's groups on their own (Eq. 2)."""
+def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int,
+                        mask: Tensor | None = None) -> Tensor:
+    """(S, N) rewards -> (S, N) advantages, each seed's groups on their own (Eq. 2). A companion
+    ``Objective`` gets the mask (REINFORCE++ weighs completions by length) and is checked once."""
+    if not isinstance(objective, Objective):
+        if rewards.shape[0] == 1:
+            return objective.advantages(rewards[0], group_size=group_size).unsqueeze(0)
+        return _per_seed(lambda r: objective.advantages(r, group_size=group_size), rewards)
+    objective.advantages(rewards[0], group_size, None if mask is None else mask[0])  # checks the inputs
     if rewards.shape[0] == 1:
-        return objective.advantages(rewards[0], group_size=group_size).unsqueeze(0)
-    return _per_seed(lambda r: objective.advantages(r, group_size=group_size), rewards)
+        return objective.advantages(rewards[0], group_size, None if mask is None else mask[0]).unsqueeze(0)
+
+    def one(r: Tensor, m: Tensor | None) -> Tensor:
+        return objective.advantages(r, group_size, m, validate=False)
+
+    return _per_seed(one, rewards, mask)
 
 
 # --- the loop ------------------------------------------------------------------------------------------
@@ -302,6 +335,7 @@ class Batch:
     correct: Tensor  # (S, N)
     advantages: Tensor  # (S, N)
     ref_logprobs: Tensor  # (S, N, T)
+    group_size: int
     old_logprobs: Tensor | None = None  # (S, N, T), set by the first inner step
 
 
@@ -318,10 +352,11 @@ def _rollout(policy: nn.Module, reference: nn.Module, task: Task, objective: Any
     prompt_idx = prompts.repeat_interleave(group_size, dim=1)
     ref, _ = reference.logprobs(task, prompt_idx, completions)
     rewards = task.reward(prompt_idx, completions).to(ref.dtype)
-    return Batch(prompt_idx=prompt_idx, completions=completions,
-                 mask=task.completion_mask(completions).to(ref.dtype), rewards=rewards,
+    mask = task.completion_mask(completions).to(ref.dtype)
+    return Batch(prompt_idx=prompt_idx, completions=completions, mask=mask, rewards=rewards,
                  correct=task.is_correct(prompt_idx, completions).to(ref.dtype),
-                 advantages=seedwise_advantages(objective, rewards, group_size), ref_logprobs=ref)
+                 advantages=seedwise_advantages(objective, rewards, group_size, mask), ref_logprobs=ref,
+                 group_size=group_size)
 
 
 def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.Optimizer,
@@ -330,7 +365,8 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     logp, entropy = policy.logprobs(task, b.prompt_idx, b.completions)
     if b.old_logprobs is None:  # pi_old is theta at the first inner step: reuse that forward pass
         b.old_logprobs = logp.detach()
-    fields = seedwise_loss(objective, logp, b.old_logprobs, b.advantages, b.mask, b.ref_logprobs)
+    fields = seedwise_loss(objective, logp, b.old_logprobs, b.advantages, b.mask, b.ref_logprobs,
+                           tokens=b.completions, entropies=entropy, group_size=b.group_size)
     if task.prefix_len > 0:
         fields["prefix_prob"] = _prefix_probs(policy, task, b.prompt_idx, b.completions, logp)
     opt.zero_grad(set_to_none=True)

@@ -43,7 +43,8 @@ VERL_AGG_MODES = (
     "seq-mean-token-mean",
     "seq-mean-token-sum-norm",
 )
-VERL_KL_TYPES = ("kl", "k1", "mse", "k2", "low_var_kl", "k3")
+VERL_KL_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+VERL_KL_TYPES += tuple(f"{k}+" for k in VERL_KL_TYPES)  # "+": the value of k, the gradient of k2
 VERL_ADV_ESTIMATORS = ("grpo", "rloo", "gpg", "reinforce_plus_plus")
 VERL_FIELDS = (
     "policy_loss",
@@ -93,7 +94,7 @@ class TrainerLoss:
 
     Advantages (Eq. 2): `baseline` is "group_mean", "leave_one_out" (RLOO) or "batch_whiten" (REINFORCE++);
     `std_scale` divides by the Bessel std of the "group" or the "batch" (None: no scaling), with `std_eps`
-    added to the std; `gpg_alpha` multiplies by N / #{nonzero rewards} (verl's GPG).
+    added to the std; `gpg_alpha="nonzero_reward"` multiplies by N / #{nonzero rewards} (verl's GPG).
     Ratio s (Eq. 3): `ratio_level` "token" (pi/pi_old) or "sequence" (exp of the completion's mean
     log-ratio, carried to each token with the gradient of its own log pi, as GSPO).
     Surrogate: "clip" (PPO's min, with `clip_low`/`clip_high`, `dual_clip` = verl's clip_ratio_c for A < 0,
@@ -104,16 +105,17 @@ class TrainerLoss:
     Weights alpha: `aggregation` is "seq_mean_token_mean" (1/(N|o_i|)), "token_mean" (1/sum|o_j|),
     "token_sum" (1), "seq_mean_token_sum" (1/N), "constant" (1/(N L), L = `constant_length` or the padded
     width T) or "seq_mean" (GMPO: 1/N per sequence).
-    Regulariser R: `kl` in {"k1", "k2", "k3"} (k3 clamped as verl does when `kl_clamped`), coefficient
-    `beta`, multiplied by the differentiable importance weight of `ratio_level` when `kl_ratio_weighted`,
-    aggregated with the weights of `kl_aggregation`.
+    Regulariser R: `kl` in {"k1", "k2", "k3", "abs"} (k3 clamped as verl does when `kl_clamped`; the value
+    of `kl` with the gradient of k2 when `kl_straight_through`), coefficient `beta`, multiplied by the
+    differentiable importance weight of `ratio_level` when `kl_ratio_weighted`, aggregated with the weights
+    of `kl_aggregation`. `max_log_ratio` clamps log-ratios before exp (verl: 20; 10 for GSPO's).
     """
 
     source: str
     baseline: str = "group_mean"
     std_scale: str | None = "group"
     std_eps: float = 1e-4
-    gpg_alpha: bool = False
+    gpg_alpha: str | None = None
     ratio_level: str = "token"
     surrogate: str = "clip"
     clip_low: float | None = 0.2
@@ -129,7 +131,9 @@ class TrainerLoss:
     beta: float = 0.0
     kl_ratio_weighted: bool = False
     kl_clamped: bool = False
+    kl_straight_through: bool = False
     kl_aggregation: str = "token_mean"
+    max_log_ratio: float = 20.0
 
 
 _TRL_AGGREGATION = {
@@ -244,7 +248,9 @@ def verl_loss_spec(
         aggregation = "seq_mean_token_mean"  # verl's SAPO ignores loss_agg_mode
     elif policy_loss == "geo_mean":
         aggregation = "seq_mean"  # so does GMPO: mean over rows of one sequence-level term
-    kl = {"kl": "k1", "k1": "k1", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3"}[kl_loss_type]
+    straight_through = kl_loss_type.endswith("+")
+    kl = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "k3",
+          "k3": "k3"}[kl_loss_type.rstrip("+")]
     surrogates = {
         "gpg": "log_prob",
         "cispo": "is_weighted_log_prob",
@@ -260,7 +266,7 @@ def verl_loss_spec(
         ),
         std_scale="group" if adv_estimator == "grpo" and norm_adv_by_std_in_grpo else None,
         std_eps=1e-6,
-        gpg_alpha=adv_estimator == "gpg",
+        gpg_alpha="nonzero_reward" if adv_estimator == "gpg" else None,
         ratio_level="sequence" if policy_loss == "gspo" else "token",
         surrogate=surrogate,
         clip_low=low if clipped else None,
@@ -274,7 +280,9 @@ def verl_loss_spec(
         kl=kl if use_kl_loss else None,
         beta=kl_loss_coef if use_kl_loss else 0.0,
         kl_clamped=True,
+        kl_straight_through=straight_through and kl != "k2",
         kl_aggregation=_VERL_AGGREGATION[loss_agg_mode],  # the KL term always follows loss_agg_mode
+        max_log_ratio=10.0 if policy_loss == "gspo" else 20.0,  # verl clamps GSPO's log s at 10
     )
 
 
@@ -305,7 +313,6 @@ def objective_from_verl(**config: Any) -> Objective:
 
 def _build_objective(spec: TrainerLoss) -> Objective:
     """Realise `spec` as an `Objective` (companion/objective.py)."""
-    raise NotImplementedError(
-        f"companion.objective is not available yet, so {spec.source} cannot be built; its reading in Eq. 1 "
-        f"terms is {spec}"
-    )
+    from companion.objective import Objective
+
+    return Objective.from_spec(spec)

@@ -7,7 +7,6 @@ from trl_reference import trl_advantages, trl_loss
 
 import companion as cp
 
-pytest.importorskip("companion.objective", reason="companion/objective.py has not landed")
 
 
 @pytest.mark.parametrize("cfg", TRL_LOSS_CASES, ids=[case_id(c) for c in TRL_LOSS_CASES])
