@@ -45,7 +45,7 @@ def _method(name: str, label: str, source: str, notes: str = "", **fields: objec
 
 
 def _from_trainer(name: str, label: str, source: str, notes: str, objective: Objective) -> Method:
-    return Method(name, label, objective.with_(name=name), source, notes)
+    return Method(name, label, objective.with_(name=name, source=source), source, notes)
 
 
 _KL = dict(kl="k3", beta=KL_BETA)

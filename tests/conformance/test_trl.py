@@ -8,7 +8,6 @@ from trl_reference import trl_advantages, trl_loss
 import companion as cp
 
 
-
 @pytest.mark.parametrize("cfg", TRL_LOSS_CASES, ids=[case_id(c) for c in TRL_LOSS_CASES])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loss_value_and_gradient_match_trl(cfg, seed):

@@ -18,7 +18,6 @@ from verl_reference import VERL_POLICY_LOSSES, verl_actor_loss, verl_advantages
 import companion as cp
 
 
-
 def _check_loss(cfg: dict, seed: int, tokenwise_advantages: bool = False) -> None:
     batch = random_batch(seed)
     adv = signed_advantages(batch, seed)

@@ -1,0 +1,552 @@
+"""companion.objective: every preset against the per-token reference, the diagnostics, Props 1, 4 (App. A)
+and 5, property tests over random batches, and bad input."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from eq1_reference import reference_loss
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import companion as cp
+from companion import methods
+from companion.objective import conflict_tokens
+
+REFERENCE_PRESETS = ("grpo_r1", "grpo_v32", "gspo", "gtpo", "dapo", "cppo", "dr_grpo", "gpg", "cispo", "gcpo",
+                     "ppo", "rloo", "reinforce_pp")
+TOL = 1e-10
+
+
+def batch(seed: int, n_groups: int = 3, group_size: int = 4, horizon: int = 6, spread: float = 0.25):
+    """Ragged fp64 batch: log-ratios ~ N(0, spread²) (some beyond the clip), two rows pushed far off-policy,
+    0/1/2 rewards with one tied group, tokens from a 3-letter vocabulary (shared prefixes and suffixes)."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_groups * group_size
+    lengths = torch.randint(1, horizon + 1, (n,), generator=g)
+    lengths[0], lengths[-1] = 1, horizon
+    mask = (torch.arange(horizon) < lengths.unsqueeze(1)).to(torch.float64)
+    old = -0.1 - 2.0 * torch.rand(n, horizon, generator=g, dtype=torch.float64)
+    lp = old + spread * torch.randn(n, horizon, generator=g, dtype=torch.float64)
+    lp[2] = old[2] - 0.9  # far below pi_old: DeepSeek-V3.2's mask drops it if its advantage is negative
+    lp[5] = old[5] - 0.8
+    ref = old + 0.3 * torch.randn(n, horizon, generator=g, dtype=torch.float64)
+    rewards = torch.randint(0, 3, (n,), generator=g).to(torch.float64)
+    rewards[:group_size] = torch.tensor([0.0, 1.0, 0.0, 2.0])[:group_size]
+    rewards[-group_size:] = 1.0
+    tokens = torch.randint(0, 3, (n, horizon), generator=g)
+    entropies = 1.2 * torch.rand(n, horizon, generator=g, dtype=torch.float64)
+    return dict(lp=lp, old=old, ref=ref, mask=mask, rewards=rewards, tokens=tokens, entropies=entropies,
+                group_size=group_size)
+
+
+def objective_loss(obj, b, lp, adv=None):
+    adv = obj.advantages(b["rewards"], b["group_size"], b["mask"]) if adv is None else adv
+    return obj.loss(lp, b["old"], adv, b["mask"], ref_logprobs=b["ref"], tokens=b["tokens"],
+                    entropies=b["entropies"], group_size=b["group_size"])
+
+
+def value_and_grad(fn, lp):
+    x = lp.clone().requires_grad_(True)
+    value = fn(x)
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
+
+
+# --- every preset against the reference -------------------------------------------------------------------
+@pytest.mark.parametrize("name", REFERENCE_PRESETS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_preset_matches_the_per_token_reference(name, seed):
+    b = batch(seed)
+    obj = cp.Objective.preset(name)
+    ours, g_ours = value_and_grad(lambda x: objective_loss(obj, b, x).loss, b["lp"])
+    theirs, g_theirs = value_and_grad(
+        lambda x: reference_loss(name, x, b["old"], b["rewards"], b["mask"], b["ref"], b["group_size"],
+                                 b["tokens"], b["entropies"]), b["lp"])
+    assert g_theirs.abs().max() > 0
+    torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
+    torch.testing.assert_close(g_ours, g_theirs, atol=TOL, rtol=0)
+
+
+def test_the_reference_cases_exercise_the_masks_and_filters():
+    """The batches above do reach the branches that make methods differ (else the test above is weak)."""
+    b = batch(0)
+    v32 = objective_loss(cp.Objective.preset("grpo_v32"), b, b["lp"])
+    assert (v32.alpha.sum(-1) == 0).any()  # an off-policy negative completion was dropped
+    cppo = objective_loss(cp.Objective.preset("cppo"), b, b["lp"])
+    assert 0 < int((cppo.alpha.sum(-1) == 0).sum()) < 12
+    adv = cp.Objective.preset("gtpo").advantages(b["rewards"], 4)
+    conflict = conflict_tokens(b["tokens"], adv, b["mask"], 4)
+    assert conflict.any() and not conflict.all()
+    gtpo = objective_loss(cp.Objective.preset("gtpo"), b, b["lp"])
+    assert (gtpo.alpha.sum(-1) == 0).any()  # the entropy filter dropped a completion
+    dapo = objective_loss(cp.Objective.preset("dapo"), b, b["lp"])
+    assert dapo.clip_fraction_high > 0 and dapo.clip_fraction_low > 0
+
+
+def test_every_extra_is_covered_by_the_reference_or_the_trainer_conformance():
+    trainer_backed = {"grpo", "bnpo", "sapo", "gmpo"}  # from_trl / from_verl: tests/conformance
+    assert set(cp.PRESETS) == set(REFERENCE_PRESETS) | trainer_backed
+    assert set(methods.TABLE1) <= set(REFERENCE_PRESETS)
+
+
+# --- diagnostics ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(cp.PRESETS))
+def test_weights_are_the_gradient_per_unit_advantage(name):
+    """ω_{i,t} (Eq. 15) equals −∂loss/∂log π_t / A_i wherever the gradient is not clipped away (β = 0)."""
+    b = batch(3)
+    obj = cp.Objective.preset(name, beta=0.0, entropy_coef=0.0)
+    adv = obj.advantages(b["rewards"], 4, b["mask"])
+    out = objective_loss(obj, b, b["lp"].clone().requires_grad_(True), adv)
+    (grad,) = torch.autograd.grad(out.loss, out._ctx.logprobs)
+    torch.testing.assert_close(out.weights * adv.unsqueeze(1), -grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.sequence_weight, out.weights.sum(-1))
+
+
+def test_clip_fractions_count_the_tokens_whose_gradient_the_clip_zeroes():
+    b = batch(4, spread=0.5)
+    obj = cp.Objective.preset("dapo")
+    adv = obj.advantages(b["rewards"], 4)
+    out = obj.loss(b["lp"], b["old"], adv, b["mask"])
+    r = (b["lp"] - b["old"]).exp()
+    a = adv.unsqueeze(1)
+    tokens = b["mask"].sum()
+    assert out.clip_fraction_high == (((r > 1.28) & (a > 0)) * b["mask"]).sum() / tokens
+    assert out.clip_fraction_low == (((r < 0.8) & (a < 0)) * b["mask"]).sum() / tokens
+    clipped = ((r > 1.28) & (a > 0)) | ((r < 0.8) & (a < 0))
+    assert torch.all(out.weights[clipped & (b["mask"] > 0)] == 0)
+    assert out.clip_fraction_dual == 0
+    assert set(out.scalars()) == {"loss", "policy_loss", "regulariser", "clip_fraction_low",
+                                  "clip_fraction_high", "clip_fraction_dual"}
+
+
+def test_dual_clip_bounds_negative_advantages():
+    b = batch(5, spread=0.3)
+    lp = b["lp"].clone()
+    lp[1, 0] = b["old"][1, 0] + 1.5  # ratio e^1.5 ≈ 4.5 > c = 3
+    obj = cp.Objective.from_verl()
+    adv = -torch.ones(12, dtype=torch.float64)
+    out = obj.loss(lp, b["old"], adv, b["mask"])
+    assert out.clip_fraction_dual > 0 and out.weights[1, 0] == 0
+
+
+def test_loss_is_policy_loss_plus_regulariser_and_the_regulariser_is_the_kl():
+    b = batch(6)
+    obj = cp.Objective.preset("grpo_r1")
+    out = objective_loss(obj, b, b["lp"])
+    torch.testing.assert_close(out.loss, out.policy_loss + out.regulariser)
+    kl = torch.exp(b["ref"] - b["lp"]) - (b["ref"] - b["lp"]) - 1
+    expected = 0.04 * (kl * b["mask"] / (12 * b["mask"].sum(-1, keepdim=True))).sum()
+    torch.testing.assert_close(out.regulariser, expected, atol=1e-14, rtol=0)
+    assert "loss=" in repr(out)
+
+
+@pytest.mark.parametrize("kind", ["k1", "k2", "k3", "abs"])
+def test_kl_estimators(kind):
+    lp = torch.tensor([-1.0, -2.0, -0.5], dtype=torch.float64)
+    ref = torch.tensor([-1.5, -1.0, -0.5], dtype=torch.float64)
+    d = lp - ref
+    expected = {"k1": d, "k2": 0.5 * d**2, "k3": torch.exp(-d) + d - 1, "abs": d.abs()}[kind]
+    torch.testing.assert_close(cp.objective.kl_estimate(kind, lp, ref), expected)
+    straight = cp.objective.kl_estimate(kind, lp.clone().requires_grad_(True), ref, straight_through=True)
+    torch.testing.assert_close(straight.detach(), expected)
+
+
+# --- Prop 1: the shared prefix ------------------------------------------------------------------------------
+def shared_prefix_setup(lengths, rewards, prefix=2, perturb=0.0, seed=0):
+    """A tabular policy over one prompt; G completions share their first ``prefix`` tokens (the same nodes).
+    Returns the logits parameter, the batch, and a function loss(obj) -> LossOutput."""
+    torch.manual_seed(seed)
+    G, V = len(lengths), 3
+    horizon = max(lengths)
+    depth_nodes = [torch.randn(V, dtype=torch.float64) for _ in range(prefix)]
+    logits = torch.nn.Parameter(torch.stack(depth_nodes))  # the shared prefix nodes
+    own = torch.randn(G, horizon, V, dtype=torch.float64)  # every other position: its own node
+    tokens = torch.randint(0, V, (G, horizon))
+    tokens[:, :prefix] = tokens[0, :prefix]
+    mask = (torch.arange(horizon) < torch.tensor(lengths).unsqueeze(1)).to(torch.float64)
+
+    def logprobs():
+        rows = []
+        for i in range(G):
+            per_t = [torch.log_softmax(logits[t] if t < prefix else own[i, t], -1)[tokens[i, t]]
+                     for t in range(horizon)]
+            rows.append(torch.stack(per_t))
+        return torch.stack(rows) * mask
+
+    old = logprobs().detach() + perturb * torch.randn(G, horizon, dtype=torch.float64) * mask
+    rewards = torch.tensor(rewards, dtype=torch.float64)
+
+    def loss(obj):
+        adv = obj.advantages(rewards, G)
+        return obj.loss(logprobs(), old, adv, mask), adv
+
+    return logits, tokens, loss
+
+
+@pytest.mark.parametrize("name", ["grpo_r1", "dr_grpo", "dapo", "gspo", "gpg", "cispo"])
+@pytest.mark.parametrize("perturb", [0.0, 0.05])
+def test_prop1_prefix_gradient_is_w_agg_times_grad_log_pi(name, perturb):
+    """While unclipped, the gradient on the logits of a prefix node shared by the group equals
+    −W_agg(t) ∇log π(y_t), with W_agg(t) = Σ_i ω_{i,t} A_i (Eq. 16–18)."""
+    logits, tokens, loss = shared_prefix_setup([2, 3, 5, 6], [1.0, 0.0, 1.0, 0.0], perturb=perturb)
+    obj = cp.Objective.preset(name, beta=0.0)
+    if name == "gspo":  # its ε = 3e-4 clips any perturbed sequence: widen it to stay unclipped
+        obj = obj.with_(clip_low=0.2, clip_high=0.2)
+    out, adv = loss(obj)
+    assert out.clip_fraction_low == 0 and out.clip_fraction_high == 0
+    out.loss.backward()
+    for t in range(2):
+        w_agg = (out.weights[:, t] * adv).sum()
+        p = torch.softmax(logits.detach()[t], -1)
+        grad_log_pi = torch.nn.functional.one_hot(tokens[0, t], 3).to(torch.float64) - p
+        torch.testing.assert_close(logits.grad[t], -w_agg * grad_log_pi, atol=1e-13, rtol=0)
+
+
+def test_prop1_uniform_weights_cancel_exactly_on_the_shared_prefix():
+    """Constant ω (Dr GRPO at s = 1) and rewards whose Σ A_i is exact: the prefix gets exactly 0."""
+    logits, _, loss = shared_prefix_setup([2, 3, 5, 6], [1.0, 0.0, 1.0, 0.0])
+    out, adv = loss(cp.Objective.preset("dr_grpo", beta=0.0))
+    assert adv.sum() == 0
+    out.loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_prop1_length_normalised_weights_favour_short_positive_completions():
+    """ω ∝ 1/|o_i|: with the short completions rewarded, W_agg > 0 pushes the shared prefix up; with the long
+    ones rewarded, it pushes it down, although the prefix is the same."""
+    obj = cp.Objective.preset("grpo_r1", beta=0.0)
+    _, _, short_wins = shared_prefix_setup([2, 2, 6, 6], [1.0, 1.0, 0.0, 0.0])
+    _, _, long_wins = shared_prefix_setup([2, 2, 6, 6], [0.0, 0.0, 1.0, 1.0])
+    (out_short, adv_short), (out_long, adv_long) = short_wins(obj), long_wins(obj)
+    w_short = (out_short.weights[:, 0] * adv_short).sum()
+    w_long = (out_long.weights[:, 0] * adv_long).sum()
+    assert w_short > 0 > w_long
+    torch.testing.assert_close(w_short, -w_long)
+
+
+# --- Prop 4 (App. A): the surrogate's value at s = 1 --------------------------------------------------------
+def on_policy(seed):
+    b = batch(seed)
+    return b, b["old"].clone()
+
+
+@pytest.mark.parametrize("name", ["grpo_r1", "gspo", "grpo_v32"])
+def test_prop4_length_normalised_weights_make_the_reward_part_zero(name):
+    """Ω_i = Σ_t α = 1/N for every completion, so J's reward part is Σ A_i / N = 0 at s = 1 (Eq. 9)."""
+    b, lp = on_policy(7)
+    out = objective_loss(cp.Objective.preset(name), b, lp)
+    assert abs(out.policy_loss) < 1e-15
+    if name != "gspo":
+        torch.testing.assert_close(out.loss, out.regulariser)  # J = −βR
+
+
+def test_prop4_constant_weights_give_a_length_statistic():
+    """α = 1/N: J = (1/N) Σ_i A_i |o_i| (Eq. 10)."""
+    b, lp = on_policy(8)
+    obj = cp.Objective.preset("dr_grpo", beta=0.0)
+    adv = obj.advantages(b["rewards"], 4)
+    out = obj.loss(lp, b["old"], adv, b["mask"])
+    torch.testing.assert_close(-out.loss, (adv * b["mask"].sum(-1)).sum() / 12, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["dapo", "dr_grpo", "gcpo", "grpo_r1", "bnpo"])
+def test_prop4_general_weights_give_a_covariance(name):
+    """J = Σ_i A_i Ω_i = Σ_groups G·Cov_group(A, Ω) at s = 1 (Eq. 11), Ω_i = Σ_t ω_{i,t}."""
+    b, lp = on_policy(9)
+    obj = cp.Objective.preset(name, beta=0.0)
+    adv = obj.advantages(b["rewards"], 4)
+    out = obj.loss(lp, b["old"], adv, b["mask"])
+    a, omega = adv.view(3, 4), out.sequence_weight.view(3, 4)
+    centred = a - a.mean(1, keepdim=True)
+    cov = (centred * (omega - omega.mean(1, keepdim=True))).mean(1)
+    torch.testing.assert_close(-out.loss, (4 * cov).sum(), atol=1e-15, rtol=0)
+
+
+# --- Prop 5: advantages under reward scaling ----------------------------------------------------------------
+@pytest.mark.parametrize("phi", [0.01, 3.0, 1000.0])
+def test_prop5_centred_advantages_scale_with_phi(phi):
+    r = batch(10)["rewards"]
+    obj = cp.Objective.preset("dr_grpo")
+    torch.testing.assert_close(obj.advantages(phi * r, 4), phi * obj.advantages(r, 4), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("phi", [0.01, 3.0, 1000.0])
+def test_prop5_sigma_normalised_advantages_do_not(phi):
+    r = batch(10)["rewards"]
+    exact = cp.Objective.preset("grpo_r1", std_eps=0.0)
+    torch.testing.assert_close(exact.advantages(phi * r, 4), exact.advantages(r, 4), atol=1e-12, rtol=1e-12)
+    stabilised = cp.Objective.preset("grpo_r1")  # σ + 1e-4: invariant up to the stabiliser's share
+    sigma = r.view(3, 4).std(1, keepdim=True).expand(3, 4).reshape(12)
+    expected = phi * (sigma + 1e-4) / (phi * sigma + 1e-4) * stabilised.advantages(r, 4)
+    torch.testing.assert_close(stabilised.advantages(phi * r, 4), expected, atol=1e-12, rtol=1e-12)
+
+
+# --- advantages ------------------------------------------------------------------------------------------
+def test_advantage_variants_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0], dtype=torch.float64)
+    centred = cp.Objective(std_scale=None).advantages(r, 4)
+    torch.testing.assert_close(centred, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0], dtype=torch.float64))
+    loo = cp.Objective(baseline="leave_one_out", std_scale=None).advantages(r, 4)
+    torch.testing.assert_close(loo[0], torch.tensor(1.0 - 1 / 3, dtype=torch.float64))
+    population = cp.Objective(std_correction=0, std_eps=0.0).advantages(r, 4)
+    torch.testing.assert_close(population[:4], torch.tensor([1.0, -1, -1, 1], dtype=torch.float64))
+    batch_std = cp.Objective(std_scale="batch", std_eps=0.0).advantages(r, 4)
+    torch.testing.assert_close(batch_std, centred / r.std())
+    gpg = cp.Objective(std_scale=None, gpg_alpha="nonzero_advantage").advantages(r, 4)
+    torch.testing.assert_close(gpg, 2 * centred)  # B/(B − M) = 2/(2 − 1)
+    verl_gpg = cp.Objective(std_scale=None, gpg_alpha="nonzero_reward").advantages(r, 4)
+    torch.testing.assert_close(verl_gpg, 8 / 6 * centred)
+    whitened = cp.Objective(baseline="batch_whiten", std_scale=None).advantages(r, 4)
+    torch.testing.assert_close(whitened, (r - r.mean()) / torch.sqrt(r.var() + 1e-8))
+
+
+@pytest.mark.parametrize("name", sorted(cp.PRESETS))
+def test_tied_groups_give_zero_advantage_not_nan(name):
+    obj = cp.Objective.preset(name)
+    r = torch.full((8,), 3.0)
+    adv = obj.advantages(r, 4, torch.ones(8, 5))
+    assert torch.all(adv == 0)
+
+
+# --- property tests --------------------------------------------------------------------------------------
+@st.composite
+def random_batches(draw):
+    group_size = draw(st.integers(2, 5))
+    n_groups = draw(st.integers(1, 3))
+    horizon = draw(st.integers(1, 7))
+    seed = draw(st.integers(0, 2**31 - 1))
+    n = n_groups * group_size
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, horizon + 1, (n,), generator=g)  # empty completions allowed
+    mask = (torch.arange(horizon) < lengths.unsqueeze(1)).to(torch.float64)
+    old = -3 * torch.rand(n, horizon, generator=g, dtype=torch.float64)
+    lp = old + draw(st.floats(0.0, 2.0)) * torch.randn(n, horizon, generator=g, dtype=torch.float64)
+    ref = old + 0.2 * torch.randn(n, horizon, generator=g, dtype=torch.float64)
+    rewards = torch.randint(0, 3, (n,), generator=g).to(torch.float64)
+    tokens = torch.randint(0, 2, (n, horizon), generator=g)
+    entropies = torch.rand(n, horizon, generator=g, dtype=torch.float64)
+    return dict(lp=lp, old=old, ref=ref, mask=mask, rewards=rewards, tokens=tokens, entropies=entropies,
+                group_size=group_size)
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=random_batches(), name=st.sampled_from(sorted(cp.PRESETS)))
+def test_any_batch_gives_a_finite_loss_that_ignores_padding(b, name):
+    obj = cp.Objective.preset(name)
+    lp = b["lp"].clone().requires_grad_(True)
+    out = objective_loss(obj, b, lp)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.all(torch.isfinite(lp.grad))
+    assert torch.all(lp.grad[b["mask"] == 0] == 0)  # padding gets no gradient
+    assert torch.all(out.weights[b["mask"] == 0] == 0)
+    padded = b["lp"].masked_fill(b["mask"] == 0, -7.0)  # and its values do not matter
+    again = objective_loss(obj, {**b, "old": b["old"].masked_fill(b["mask"] == 0, 3.0)}, padded)
+    torch.testing.assert_close(again.loss, out.loss.detach(), atol=1e-12, rtol=0)
+    for value in out.scalars().values():
+        assert torch.isfinite(value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=random_batches(), name=st.sampled_from(sorted(cp.PRESETS)))
+def test_float32_agrees_with_float64(b, name):
+    obj = cp.Objective.preset(name)
+    f64 = objective_loss(obj, b, b["lp"]).loss
+    b32 = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in b.items()}
+    f32 = objective_loss(obj, b32, b32["lp"]).loss
+    assert f32.dtype == torch.float32
+    torch.testing.assert_close(f32.double(), f64, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(cp.PRESETS))
+def test_presets_run_under_vmap_as_the_lab_batches_seeds(name):
+    """torch.func.vmap over a leading seed axis gives each seed exactly its own loss."""
+    seeds = [batch(s) for s in (11, 12, 13)]
+    keys = ("lp", "old", "ref", "mask", "rewards", "tokens", "entropies")
+    stacked = {k: torch.stack([b[k] for b in seeds]) for k in keys}
+    obj = cp.Objective.preset(name)
+
+    def one(lp, old, ref, mask, rewards, tokens, entropies):
+        adv = obj.advantages(rewards, 4, mask, validate=False)
+        return obj.loss(lp, old, adv, mask, ref, tokens=tokens, entropies=entropies, group_size=4,
+                        validate=False).loss
+
+    batched = torch.func.vmap(one)(*(stacked[k] for k in keys))
+    for s, b in enumerate(seeds):
+        torch.testing.assert_close(batched[s], objective_loss(obj, b, b["lp"]).loss, atol=1e-12, rtol=0)
+
+
+def test_half_precision_is_computed_in_float32():
+    b = batch(14)
+    obj = cp.Objective.preset("dapo")
+    adv = obj.advantages(b["rewards"], 4)
+    lp16 = b["lp"].to(torch.bfloat16).requires_grad_(True)
+    out = obj.loss(lp16, b["old"].to(torch.bfloat16), adv.to(torch.bfloat16), b["mask"])
+    assert out.loss.dtype == torch.float32
+    out.loss.backward()
+    assert lp16.grad.dtype == torch.bfloat16 and torch.all(torch.isfinite(lp16.grad))
+
+
+def test_huge_log_ratios_do_not_overflow():
+    b = batch(15)
+    lp = b["old"] + 500.0
+    for name in sorted(cp.PRESETS):
+        out = objective_loss(cp.Objective.preset(name), b, lp.clone().requires_grad_(True))
+        assert torch.isfinite(out.loss), name
+
+
+def test_fully_masked_rows_and_an_empty_batch_contribute_zero():
+    b = batch(16)
+    mask = b["mask"].clone()
+    mask[3] = 0
+    for name in sorted(cp.PRESETS):
+        obj = cp.Objective.preset(name)
+        out = objective_loss(obj, {**b, "mask": mask}, b["lp"])
+        assert torch.isfinite(out.loss) and torch.all(out.weights[3] == 0), name
+        empty = objective_loss(obj, {**b, "mask": torch.zeros_like(mask)}, b["lp"])
+        assert empty.loss == 0, name
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+def call(obj=None, **overrides):
+    b = batch(17)
+    obj = obj or cp.Objective.preset("grpo_r1")
+    args = dict(logprobs=b["lp"], old_logprobs=b["old"], advantages=obj.advantages(b["rewards"], 4),
+                mask=b["mask"], ref_logprobs=b["ref"])
+    args.update(overrides)
+    return obj.loss(**args)
+
+
+@pytest.mark.parametrize(("overrides", "error", "match"), [
+    (dict(old_logprobs=torch.zeros(12, 5, dtype=torch.float64)), ValueError, "old_logprobs"),
+    (dict(mask=torch.ones(12, 5)), ValueError, "mask"),
+    (dict(advantages=torch.zeros(11, dtype=torch.float64)), ValueError, "advantages"),
+    (dict(logprobs=torch.zeros(12, dtype=torch.float64)), ValueError, "logprobs"),
+    (dict(mask=torch.full((12, 6), 0.5)), ValueError, "0 and 1"),
+    (dict(logprobs=torch.full((12, 6), float("nan"), dtype=torch.float64)), ValueError, "logprobs"),
+    (dict(old_logprobs=torch.full((12, 6), float("-inf"), dtype=torch.float64)), ValueError, "old_logprobs"),
+    (dict(advantages=torch.full((12,), float("inf"), dtype=torch.float64)), ValueError, "advantages"),
+    (dict(ref_logprobs=None), ValueError, "ref_logprobs"),
+    (dict(ref_logprobs=torch.full((12, 6), float("nan"), dtype=torch.float64)), ValueError, "ref_logprobs"),
+    (dict(logprobs=torch.zeros(12, 6, dtype=torch.long)), TypeError, "logprobs"),
+    (dict(advantages=torch.zeros(12, dtype=torch.long)), TypeError, "advantages"),
+    (dict(logprobs=[[0.0]]), TypeError, "logprobs"),
+])
+def test_bad_loss_inputs_get_a_clear_error(overrides, error, match):
+    with pytest.raises(error, match=match):
+        call(**overrides)
+
+
+def test_bool_and_integer_masks_are_accepted():
+    b = batch(17)  # call()'s batch
+    reference = call().loss
+    torch.testing.assert_close(call(mask=b["mask"].bool()).loss, reference)
+    torch.testing.assert_close(call(mask=b["mask"].long()).loss, reference)
+
+
+def test_gtpo_needs_tokens_entropies_and_group_size():
+    obj = cp.Objective.preset("gtpo")
+    with pytest.raises(ValueError, match="tokens"):
+        call(obj)
+    b = batch(19)
+    with pytest.raises(ValueError, match="group_size"):
+        call(obj, tokens=b["tokens"], entropies=b["entropies"])
+    with pytest.raises(ValueError, match="entropies"):
+        call(obj, tokens=b["tokens"], group_size=4)
+
+
+@pytest.mark.parametrize(("rewards", "group_size", "error", "match"), [
+    (torch.zeros(8), 3, ValueError, "divide"),
+    (torch.zeros(8), 1, ValueError, "group_size must be >= 2"),
+    (torch.zeros(8), 0, ValueError, "group_size"),
+    (torch.zeros(8), 2.0, TypeError, "group_size"),
+    (torch.tensor([0.0, float("nan"), 1.0, 1.0]), 2, ValueError, "rewards"),
+    (torch.zeros(4, 2), 2, ValueError, "1-D"),
+    (torch.zeros(8, dtype=torch.long), 2, TypeError, "rewards"),
+])
+def test_bad_rewards_get_a_clear_error(rewards, group_size, error, match):
+    with pytest.raises(error, match=match):
+        cp.Objective.preset("grpo_r1").advantages(rewards, group_size)
+
+
+def test_ppo_needs_no_groups():
+    adv = cp.Objective.preset("ppo").advantages(torch.tensor([1.0, 0.0, 2.0]), 1)
+    torch.testing.assert_close(adv, torch.tensor([0.0, -1.0, 1.0]))
+
+
+@pytest.mark.parametrize(("fields", "error", "match"), [
+    (dict(beta=-0.1, kl="k3"), ValueError, "beta"),
+    (dict(beta=0.1), ValueError, "kl"),
+    (dict(clip_low=1.0), ValueError, "clip_low"),
+    (dict(clip_low=-0.1), ValueError, "clip_low"),
+    (dict(clip_high=-0.2), ValueError, "clip_high"),
+    (dict(clip_high=float("nan")), ValueError, "clip_high"),
+    (dict(dual_clip=0.5), ValueError, "dual_clip"),
+    (dict(surrogate="ppo2"), ValueError, "surrogate"),
+    (dict(aggregation="mean"), ValueError, "aggregation"),
+    (dict(kl="k4", beta=0.1), ValueError, "kl"),
+    (dict(std_correction=2), ValueError, "std_correction"),
+    (dict(clip_low="0.2"), TypeError, "clip_low"),
+    (dict(surrogate="soft_gate"), ValueError, "sapo_temperatures"),
+    (dict(aggregation="seq_mean"), ValueError, "seq_mean"),
+    (dict(surrogate="log_prob", ratio_level="sequence"), ValueError, "ratio_level"),
+])
+def test_bad_fields_get_a_clear_error(fields, error, match):
+    with pytest.raises(error, match=match):
+        cp.Objective(**fields)
+
+
+def test_unknown_presets_and_fields():
+    with pytest.raises(ValueError, match=r"unknown preset 'grpo2'.*dapo"):
+        cp.Objective.preset("grpo2")
+    with pytest.raises(TypeError, match="epsilon"):
+        cp.Objective.preset("dapo", epsilon=0.3)
+    assert cp.Objective.preset("dapo", clip_high=0.3).clip_high == 0.3
+    assert cp.Objective.preset("dr_grpo", beta=0.0).beta == 0.0  # kl stays, unused
+
+
+# --- the presets and Table 1 -------------------------------------------------------------------------------
+BIB = Path(__file__).resolve().parents[1] / "book" / "references.bib"
+
+
+def test_every_preset_cites_a_source_in_the_bibliography():
+    keys = set(re.findall(r"@\w+\{([^,]+),", BIB.read_text()))
+    for name, method in cp.PRESETS.items():
+        assert method.source in keys, name
+        assert method.objective.source == method.source and method.objective.name == name
+        assert method.notes, name
+    assert tuple(cp.PRESETS)[:10] == methods.TABLE1
+
+
+def test_table1_is_rendered_from_the_fields():
+    table = cp.methods_table()
+    for method in methods.TABLE1:
+        assert cp.PRESETS[method].label in table
+    rows = {r["method"]: r for r in methods.table_rows("all")}
+    assert rows["GRPO (R1)"]["α_{i,t}"] == "1/(G·|o_i|·σ(r))"
+    assert rows["DAPO"]["α_{i,t}"] == "1/(σ(r)·Σ|o_j|)"
+    assert rows["Dr GRPO"]["α_{i,t}"] == "1/G"
+    assert rows["GCPO"]["α_{i,t}"] == "1/(σ(r)·G)"
+    assert rows["GRPO (v3.2)"]["α_{i,t}"] == "M_{i,t}/(G·|o_i|)"
+    assert rows["GRPO (v3.2)"]["R(θ)"].startswith("I·D_KL")
+    assert rows["GPG"]["s_{i,t}"] == "log π_θ" and rows["CISPO"]["s_{i,t}"] == "sg[clip(I)]·log π_θ"
+    assert rows["DAPO"]["R(θ)"] == "×"
+    changed = methods.alpha_text(cp.Objective.preset("dapo", aggregation="seq_mean_token_sum"))
+    assert changed == "1/(σ(r)·G)"
+    assert "<table" in cp.methods_table("all", fmt="html")
+    with pytest.raises(ValueError, match="which"):
+        cp.methods_table("some")
+    with pytest.raises(ValueError, match="fmt"):
+        cp.methods_table(fmt="latex")
+
+
+def test_objective_is_immutable_and_hashable():
+    obj = cp.Objective.preset("grpo_r1")
+    with pytest.raises(AttributeError):
+        obj.beta = 1.0  # type: ignore[misc]
+    assert obj == cp.Objective.preset("grpo_r1") and hash(obj) == hash(cp.Objective.preset("grpo_r1"))
+    assert math.isclose(obj.with_(beta=0.1).beta, 0.1)
