@@ -69,7 +69,9 @@ class Objective:
     Ratio s (Eq. 3):
         ratio_level: "token" π/π_old; "sequence" GSPO's exp(mean_t log π/π_old), carried to each token as
             sg[s_i]·π_θ/sg[π_θ]; "sequence_exact" GCPO's π_θ(o_i|x)/π_old(o_i|x), carried the same way.
-        max_log_ratio: log-ratios are clamped to ±this before exp (verl's guard against overflow).
+        max_log_ratio: log-ratios above this are lowered to it before exp, so s never overflows; the gradient
+            passes straight through (a token beyond it gets the gradient of s = e^max_log_ratio). Below
+            −max_log_ratio nothing is needed: exp underflows to 0.
     Surrogate f (the term inside the sum):
         "clip": min(s A, clip(s, 1−clip_low, 1+clip_high) A); ``dual_clip`` c bounds it below by c·A for
             A < 0; ``ratio_cap`` δ caps the unclipped s (TRL's delta). A clip bound of None is no bound.
@@ -313,26 +315,27 @@ class _Context:
     tokens: Tensor | None
     entropies: Tensor | None
     group_size: int | None
-    lengths: Tensor = field(init=False)  # (N, 1) |o_i|
     log_ratio: Tensor = field(init=False)  # log π/π_old per token, clamped
     seq_log_ratio: Tensor | None = field(init=False)  # (N, 1) at sequence level, else None
     s: Tensor = field(init=False)  # the ratio s_{i,t} of Eq. 3 (value s_i on every token at sequence level)
-    alpha: Tensor = field(init=False)  # α_{i,t}, masks and filters included
+    row_weight: Tensor | float = field(init=False)  # α = mask · row_weight · token_factor
+    token_factor: Tensor | None = field(init=False)  # masks, filters and GTPO's δλ (None: all 1)
 
     def __post_init__(self) -> None:
         obj = self.objective
-        self.lengths = self.mask.sum(-1, keepdim=True)
-        self.log_ratio = (self.logprobs - self.old_logprobs).clamp(-obj.max_log_ratio, obj.max_log_ratio)
+        self.log_ratio = _cap(self.logprobs - self.old_logprobs, obj.max_log_ratio)
         self.seq_log_ratio = None
         log_s = self.log_ratio
         if obj.ratio_level != "token":
             summed = (self.log_ratio * self.mask).sum(-1, keepdim=True)
             seq = summed / self.lengths.clamp(min=1) if obj.ratio_level == "sequence" else summed
-            self.seq_log_ratio = seq.clamp(-obj.max_log_ratio, obj.max_log_ratio)
+            self.seq_log_ratio = _cap(seq, obj.max_log_ratio)
             # value s_i on every token, gradient s_i ∇log π_t (GSPO's sg form; the same for the exact product)
             log_s = self.logprobs - self.logprobs.detach() + self.seq_log_ratio.detach()
         self.s = log_s.exp()
-        alpha = aggregation_weights(obj.aggregation, self.mask, obj.constant_length, self.lengths)
+        per_completion = obj.aggregation in ("seq_mean_token_mean", "seq_mean")
+        self.row_weight = row_weights(obj.aggregation, self.mask, obj.constant_length,
+                                      self.lengths if per_completion else None)
         keep = _advantage_filter(self)
         if obj.sequence_mask == "off_policy":
             keep = keep * _off_policy_mask(self)
@@ -340,7 +343,25 @@ class _Context:
             keep = keep * _trust_region_mask(self)
         if obj.gtpo:
             keep = keep * _gtpo_weights(self)
-        self.alpha = alpha * keep
+        self.token_factor = None if isinstance(keep, float) else keep
+
+    @cached_property
+    def lengths(self) -> Tensor:
+        """|o_i|, (N, 1)."""
+        return self.mask.sum(-1, keepdim=True)
+
+    @property
+    def alpha(self) -> Tensor:
+        """α_{i,t} of Eq. 1 with masks and filters, (N, T)."""
+        alpha = self.mask * self.row_weight
+        return alpha if self.token_factor is None else alpha * self.token_factor
+
+    def weighted_sum(self, per_token: Tensor) -> Tensor:
+        """Σ_i Σ_t α_{i,t} x_{i,t}, summing each row before weighting it (cheaper than forming α)."""
+        masked = per_token * (self.mask if self.token_factor is None else self.mask * self.token_factor)
+        if isinstance(self.row_weight, Tensor) and self.row_weight.dim() == 2:
+            return (masked.sum(-1, keepdim=True) * self.row_weight).sum()
+        return masked.sum() * self.row_weight
 
 
 class LossOutput:
@@ -361,7 +382,8 @@ class LossOutput:
         self._ctx = ctx
         self.policy_loss = _policy_loss(ctx)
         self.regulariser = _regulariser(ctx)
-        self.loss = self.policy_loss + self.regulariser
+        has_regulariser = ctx.objective.beta > 0 or ctx.objective.entropy_coef > 0
+        self.loss = self.policy_loss + self.regulariser if has_regulariser else self.policy_loss
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v.item():.4g}" for k, v in self.scalars().items())
@@ -435,7 +457,7 @@ def _policy_loss(c: _Context) -> Tensor:
         f = (4.0 / tau) * torch.sigmoid(tau * (s - 1.0)) * adv
     else:
         return _geometric_mean_loss(c)
-    return -(c.alpha * f).sum()
+    return -c.weighted_sum(f)
 
 
 def _sapo_tau(obj: Objective, adv: Tensor, dtype: torch.dtype) -> Tensor:
@@ -489,21 +511,32 @@ def _diagnose(c: _Context) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (omega * c.mask).expand_as(c.mask), low, high, dual
 
 
+def _cap(log_ratio: Tensor, cap: float) -> Tensor:
+    """min(log_ratio, cap) in value, identity in gradient (no backward cost: verl's clamp costs a third of a
+    GRPO loss's backward pass on CPU)."""
+    return log_ratio - (log_ratio - cap).clamp(min=0).detach()
+
+
+def row_weights(kind: str, mask: Tensor, constant_length: float | None = None,
+                lengths: Tensor | None = None) -> Tensor | float:
+    """The weight of each completion's tokens under an aggregation: (N, 1), or one number for all rows."""
+    n, horizon = mask.shape
+    if kind in ("seq_mean_token_mean", "seq_mean"):
+        lengths = mask.sum(-1, keepdim=True) if lengths is None else lengths
+        return 1.0 / (n * lengths.clamp(min=1))
+    if kind == "token_mean":
+        return 1.0 / mask.sum().clamp(min=1)
+    if kind == "token_sum":
+        return 1.0
+    if kind == "seq_mean_token_sum":
+        return 1.0 / n
+    return 1.0 / (n * (constant_length or horizon))
+
+
 def aggregation_weights(kind: str, mask: Tensor, constant_length: float | None = None,
                         lengths: Tensor | None = None) -> Tensor:
     """α_{i,t} of one aggregation (mask included): the weights that sum the per-token terms (Table 1)."""
-    n, horizon = mask.shape
-    if lengths is None:
-        lengths = mask.sum(-1, keepdim=True)
-    if kind in ("seq_mean_token_mean", "seq_mean"):
-        return mask / (n * lengths.clamp(min=1))
-    if kind == "token_mean":
-        return mask / mask.sum().clamp(min=1)
-    if kind == "token_sum":
-        return mask
-    if kind == "seq_mean_token_sum":
-        return mask / n
-    return mask / (n * (constant_length or horizon))
+    return mask * row_weights(kind, mask, constant_length, lengths)
 
 
 def _advantage_filter(c: _Context) -> Tensor | float:
@@ -640,7 +673,7 @@ def _mean_entropy(c: _Context) -> Tensor:
 
 def _gtpo_entropy_term(c: _Context) -> Tensor:
     """GTPO's R = (1/G) Σ_i δ_i ⟨H⟩_i/|o_i| Σ_t I λ_{i,t} (Table 1): Σ α ⟨H⟩_i I with α = δ λ/(G|o_i|)."""
-    return (c.alpha * _mean_entropy(c) * c.log_ratio.exp()).sum()
+    return c.weighted_sum(_mean_entropy(c) * c.log_ratio.exp())
 
 
 # --- input checks ----------------------------------------------------------------------------------------
@@ -674,11 +707,28 @@ def _check_float_tensor(name: str, x: Any) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def _check_finite(name: str, x: Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-        raise ValueError(f"{name} has a non-finite value ({x[tuple(bad)].item()}) at index {bad}; pad "
-                         "masked positions with 0, not -inf")
+def _check_finite(**tensors: Tensor) -> None:
+    """NaN or ±inf in any of ``tensors`` is a ValueError naming it. One reduction per tensor on the fast path:
+    a sum is finite when every term is (an overflowing sum of finite values falls through to the exact test).
+    """
+    if math.isfinite(sum(x.sum() for x in tensors.values()).item()):
+        return
+    for name, x in tensors.items():
+        bad = (~torch.isfinite(x)).nonzero()
+        if len(bad):
+            index = bad[0].tolist()
+            raise ValueError(f"{name} has a non-finite value ({x[tuple(index)].item()}) at index {index}; "
+                             "pad masked positions with 0, not -inf")
+
+
+def _is_zero_one(mask: Tensor) -> bool:
+    """Every value is 0 or 1: within [0, 1], x² ≤ x with equality only at 0 and 1, so Σx² = Σx decides it
+    with reductions only (exact for 0/1 masks of up to 2^24 tokens in float32)."""
+    flat = mask.flatten()
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    low, high = torch.aminmax(flat)
+    return low.item() >= 0 and high.item() <= 1 and torch.dot(flat, flat).item() == flat.sum().item()
 
 
 def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: Tensor | None) -> None:
@@ -693,7 +743,7 @@ def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: T
     if group_method and group_size < 2:
         raise ValueError("group_size must be >= 2 for a group method: the advantage compares each completion "
                          "with the rest of its group (Eq. 2)")
-    _check_finite("rewards", rewards)
+    _check_finite(rewards=rewards)
     if mask is not None and (mask.dim() != 2 or mask.shape[0] != n):
         raise ValueError(f"mask must be (N={n}, T), got shape {tuple(mask.shape)}")
 
@@ -714,7 +764,7 @@ def _check_loss_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tenso
     if tuple(adv.shape) not in (shape[:1], shape):
         raise ValueError(f"advantages must be (N,) or (N, T) = {shape[:1]} or {shape}, "
                          f"got {tuple(adv.shape)}")
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+    if mask.dtype != torch.bool and not _is_zero_one(mask):
         raise ValueError("mask must hold only 0 and 1")
     if obj.beta and obj.kl is not None:
         if ref is None:
@@ -722,9 +772,8 @@ def _check_loss_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tenso
         _check_float_tensor("ref_logprobs", ref)
         if tuple(ref.shape) != shape:
             raise ValueError(f"ref_logprobs has shape {tuple(ref.shape)}, logprobs {shape}")
-        _check_finite("ref_logprobs", ref)
-    for name, x in (("logprobs", logprobs), ("old_logprobs", old), ("advantages", adv)):
-        _check_finite(name, x)
+    _check_finite(logprobs=logprobs, old_logprobs=old, advantages=adv,
+                  **({"ref_logprobs": ref} if obj.beta and obj.kl is not None else {}))
     if obj.needs_tokens:
         if tokens is None or tuple(tokens.shape) != shape:
             raise ValueError(f"{obj.name}: GTPO needs tokens=(N, T) token ids to find conflict tokens")
@@ -734,4 +783,4 @@ def _check_loss_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tenso
     if obj.needs_entropies:
         if entropies is None or tuple(entropies.shape) != shape:
             raise ValueError(f"{obj.name}: GTPO's entropy filter needs entropies=(N, T)")
-        _check_finite("entropies", entropies)
+        _check_finite(entropies=entropies)
