@@ -488,8 +488,8 @@ def _diagnose(c: _Context) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if obj.surrogate == "clip":
         lo, hi = _clip_range(obj)
         low, high = (adv < 0) & (s < lo), (adv > 0) & (s > hi)
-        if obj.ratio_cap is not None:
-            high = high | (s > obj.ratio_cap)
+        if obj.ratio_cap is not None:  # TRL's δ: min(s, δ) is flat above δ; for A < 0 the clip must be too
+            high = high | ((adv > 0) & (s > obj.ratio_cap)) | ((adv < 0) & (s > max(obj.ratio_cap, hi)))
         if obj.dual_clip is not None:
             dual = (adv < 0) & (s > obj.dual_clip)
         omega = c.alpha * s * ~(low | high | dual)

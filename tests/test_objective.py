@@ -95,16 +95,47 @@ def test_every_extra_is_covered_by_the_reference_or_the_trainer_conformance():
 
 
 # --- diagnostics ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(cp.PRESETS))
+TRAINER_OBJECTIVES = {
+    "trl_delta_below_clip": dict(trl=dict(loss_type="grpo", delta=1.1)),
+    "trl_delta_above_clip": dict(trl=dict(loss_type="dapo", delta=1.5, epsilon_high=0.28)),
+    "trl_sequence": dict(trl=dict(loss_type="grpo", importance_sampling_level="sequence")),
+    "verl_dual_clip": dict(verl=dict(clip_ratio_c=1.3)),
+    "verl_cispo": dict(verl=dict(policy_loss="cispo")),
+}
+
+
+def weight_test_objective(name):
+    if name in cp.PRESETS:
+        return cp.Objective.preset(name, beta=0.0, entropy_coef=0.0)
+    (library, config), = TRAINER_OBJECTIVES[name].items()
+    return (cp.Objective.from_trl if library == "trl" else cp.Objective.from_verl)(**config)
+
+
+@pytest.mark.parametrize("name", sorted(cp.PRESETS) + sorted(TRAINER_OBJECTIVES))
 def test_weights_are_the_gradient_per_unit_advantage(name):
     """ω_{i,t} (Eq. 15) equals −∂loss/∂log π_t / A_i wherever the gradient is not clipped away (β = 0)."""
-    b = batch(3)
-    obj = cp.Objective.preset(name, beta=0.0, entropy_coef=0.0)
+    b = batch(3, spread=0.4)
+    obj = weight_test_objective(name)
     adv = obj.advantages(b["rewards"], 4, b["mask"])
     out = objective_loss(obj, b, b["lp"].clone().requires_grad_(True), adv)
     (grad,) = torch.autograd.grad(out.loss, out._ctx.logprobs)
     torch.testing.assert_close(out.weights * adv.unsqueeze(1), -grad, atol=1e-12, rtol=0)
     torch.testing.assert_close(out.sequence_weight, out.weights.sum(-1))
+
+
+@pytest.mark.parametrize("log_ratio", [math.log(1.15), math.log(1.25), math.log(1.6)])
+def test_trl_delta_cap_zeroes_the_gradient_only_where_it_binds(log_ratio):
+    """TRL's δ caps the unclipped branch: with A > 0 the gradient stops above δ; with A < 0 only above both δ
+    and 1+ε (between them the clipped branch still carries it)."""
+    b = batch(3)
+    obj = cp.Objective.from_trl(loss_type="grpo", delta=1.1)
+    adv = torch.tensor([1.0, -1.0] * 6, dtype=torch.float64)
+    lp = (b["old"] + log_ratio).requires_grad_(True)
+    out = obj.loss(lp, b["old"], adv, b["mask"])
+    (grad,) = torch.autograd.grad(out.loss, lp)
+    torch.testing.assert_close(out.weights * adv.unsqueeze(1), -grad, atol=1e-12, rtol=0)
+    negative_moves = bool((grad[1::2] != 0).any())
+    assert negative_moves == (math.exp(log_ratio) <= 1.2)
 
 
 def test_clip_fractions_count_the_tokens_whose_gradient_the_clip_zeroes():
