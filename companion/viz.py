@@ -82,6 +82,148 @@ def use_style(dark: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Training curves
+
+
+def plot_runs(runs: Mapping[str, Any], columns: Sequence[str] = ("reward", "length"), *,
+              axes: Sequence[Any] | None = None, band: bool = True, width: float = 3.2) -> Any:
+    """One panel per History column, one line per run: the mean over seeds at each outer step.
+
+    ``runs`` maps a label to a ``companion.lab.History``; with several seeds a band shows the middle half
+    (25th to 75th percentile) across seeds. Returns the Figure (pass ``axes`` to draw into your own).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not runs:
+        raise ValueError("plot_runs: give at least one run")
+    if axes is None:
+        fig, axes = plt.subplots(1, len(columns), figsize=(width * len(columns), 2.8), squeeze=False)
+        axes = axes[0]
+    else:
+        fig = axes[0].figure
+    if len(axes) != len(columns):
+        raise ValueError(f"plot_runs: {len(columns)} columns need {len(columns)} axes, got {len(axes)}")
+    for ax, column in zip(axes, columns, strict=True):
+        for label, history in runs.items():
+            values = np.asarray(history.outer(column), dtype=float)
+            values = values.reshape(len(values), -1)
+            steps = np.arange(len(values))
+            (line,) = ax.plot(steps, values.mean(1), label=label)
+            if band and values.shape[1] > 1:
+                low, high = np.percentile(values, [25, 75], axis=1)
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.set_xlabel("outer step")
+        ax.set_ylabel(column)
+    axes[-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-token pictures
+
+
+def _as_array(name: str, values: Any) -> Any:
+    """A tensor (detached, on CPU), an array or nested lists -> a 2-D float numpy array."""
+    import numpy as np
+
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (completions, tokens), got shape {array.shape}")
+    return array
+
+
+def token_heatmap(values: Any, mask: Any = None, *, ax: Any = None, title: str = "",
+                  signed: bool | None = None, vmax: float | None = None, group_size: int | None = None,
+                  row_labels: Sequence[str] | None = None, colorbar: bool = True, cmap: str | None = None,
+                  label: str = "") -> Any:
+    """A per-token quantity over (completion, token) as a heatmap; tokens outside the loss are left blank.
+
+    values: (N, T) tensor or array, e.g. ``out.weights`` (the ω of Eq. 15) or ``out.weights * adv[:, None]``.
+    mask: (N, T), 1 on the tokens in the loss (None: every cell is drawn).
+    signed: a diverging map centred on 0 (brown < 0 < green); None picks it when a value is negative.
+    vmax: the colour scale's top (signed: ±vmax); None uses the largest |value| on the mask.
+    group_size: draws a line between consecutive groups of that many rows.
+    row_labels: one label per completion (e.g. ``"r=1, |o|=3"``). label: the colour bar's label.
+    Returns the Axes (a new figure when ``ax`` is None).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = _as_array("values", values)
+    keep = np.ones_like(data, dtype=bool) if mask is None else _as_array("mask", mask) != 0
+    if keep.shape != data.shape:
+        raise ValueError(f"mask has shape {keep.shape}, values {data.shape}")
+    n, horizon = data.shape
+    if row_labels is not None and len(row_labels) != n:
+        raise ValueError(f"row_labels: need one per completion ({n}), got {len(row_labels)}")
+    if group_size is not None and (group_size < 1 or n % group_size):
+        raise ValueError(f"group_size={group_size} must divide the number of completions {n}")
+    shown = np.ma.masked_where(~keep, data)
+    top = float(np.abs(shown).max()) if keep.any() else 0.0
+    top = vmax if vmax is not None else (top or 1.0)
+    if signed is None:
+        signed = bool((shown < 0).any())
+    colours = plt.get_cmap(cmap or ("BrBG" if signed else "viridis")).with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+    low = -top if signed else min(0.0, float(shown.min()) if keep.any() else 0.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.35 * horizon + 1.6, 0.28 * n + 0.9))
+    image = ax.imshow(shown, cmap=colours, vmin=low, vmax=top, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(horizon))
+    ax.set_xticklabels([str(t + 1) if (t % 2 == 0 or horizon <= 12) else "" for t in range(horizon)])
+    ax.set_xlabel("token t")
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(row_labels if row_labels is not None else [str(i + 1) for i in range(n)])
+    ax.grid(False)
+    if group_size is not None:
+        for boundary in range(group_size, n, group_size):
+            ax.axhline(boundary - 0.5, color="#8c8c8c", linewidth=1.2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        bar.ax.tick_params(labelsize=7)
+        if label:
+            bar.set_label(label, fontsize=8)
+    return ax
+
+
+def clip_fractions(outputs: Mapping[str, Any], *, ax: Any = None, title: str = "") -> Any:
+    """Stacked bars of the clip fractions of several loss outputs: below 1−ε_low, above 1+ε_up, dual clip.
+
+    ``outputs`` maps a label to a ``LossOutput`` (anything with ``clip_fraction_low``, ``clip_fraction_high``
+    and ``clip_fraction_dual``: tensors or floats). Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not outputs:
+        raise ValueError("clip_fractions: give at least one loss output")
+    labels = list(outputs)
+    parts = {"below 1−ε_low (A < 0)": "clip_fraction_low", "above 1+ε_up (A > 0)": "clip_fraction_high",
+             "dual clip (A < 0)": "clip_fraction_dual"}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.8 * len(labels) + 2.0, 2.8))
+    bottom = np.zeros(len(labels))
+    for part, attribute in parts.items():
+        heights = np.array([float(getattr(outputs[k], attribute)) for k in labels])
+        if part.startswith("dual") and not heights.any():
+            continue
+        ax.bar(labels, heights, bottom=bottom, label=part)
+        bottom += heights
+    ax.set_ylabel("fraction of tokens clipped")
+    ax.set_ylim(0, max(1.0, float(bottom.max()) * 1.05))
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Controls
 
 

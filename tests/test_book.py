@@ -224,3 +224,9 @@ def test_plain_text_docstrings_become_valid_rst():
     untouched = ["One line.", "", "    an indented block", "", "Back."]
     companion_book.separate_dedents(None, "function", "f", None, None, untouched)
     assert untouched == ["One line.", "", "    an indented block", "", "Back."]
+
+
+def test_vertical_bars_in_docstrings_are_escaped_outside_literals():
+    lines = ["alpha = 1/(G|o_i|), Σ|o_j| tokens", "``mask.sum(-1) | other``, then |x|"]
+    companion_book.escape_bars(None, "function", "f", None, None, lines)
+    assert lines == ["alpha = 1/(G\\|o_i\\|), Σ\\|o_j\\| tokens", "``mask.sum(-1) | other``, then \\|x\\|"]

@@ -195,3 +195,57 @@ def test_style_is_transparent_and_uses_the_palette():
     assert rc["figure.facecolor"] == "none"
     assert rc["axes.prop_cycle"].by_key()["color"] == list(viz.PALETTE)
     assert viz.style(dark=True)["text.color"] != rc["text.color"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-token pictures (chapter 2)
+
+
+def test_token_heatmap_blanks_padding_and_centres_signed_values():
+    import numpy as np
+    import torch
+
+    values = torch.tensor([[0.5, -0.25, 9.0], [1.0, 2.0, 3.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    ax = viz.token_heatmap(values, mask, title="w", group_size=1, row_labels=["a", "b"], label="ω")
+    image = ax.get_images()[0]
+    shown = image.get_array()
+    assert np.ma.is_masked(shown) and bool(shown.mask[0, 2]) and not shown.mask[1].any()
+    assert image.get_clim() == (-3.0, 3.0)  # signed: symmetric, the padded 9.0 ignored
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    assert ax.get_title() == "w" and len(ax.figure.axes) == 2  # the colour bar
+    assert len(ax.get_lines()) == 1  # one group boundary
+    plt.close(ax.figure)
+
+
+def test_token_heatmap_unsigned_scale_and_bad_input():
+    import numpy as np
+
+    fig, ax = plt.subplots()
+    out = viz.token_heatmap(np.array([[0.1, 0.4]]), ax=ax, colorbar=False, vmax=1.0)
+    assert out is ax and out.get_images()[0].get_clim() == (0.0, 1.0) and len(fig.axes) == 1
+    with pytest.raises(ValueError, match="2-D"):
+        viz.token_heatmap(np.zeros(3), ax=ax)
+    with pytest.raises(ValueError, match="mask"):
+        viz.token_heatmap(np.zeros((2, 3)), np.ones((2, 2)), ax=ax)
+    with pytest.raises(ValueError, match="row_labels"):
+        viz.token_heatmap(np.zeros((2, 3)), row_labels=["x"], ax=ax)
+    with pytest.raises(ValueError, match="group_size"):
+        viz.token_heatmap(np.zeros((3, 3)), group_size=2, ax=ax)
+    plt.close(fig)
+
+
+def test_clip_fractions_stacks_the_parts():
+    from types import SimpleNamespace
+
+    outputs = {"a": SimpleNamespace(clip_fraction_low=0.1, clip_fraction_high=0.2, clip_fraction_dual=0.0),
+               "b": SimpleNamespace(clip_fraction_low=0.0, clip_fraction_high=0.5, clip_fraction_dual=0.0)}
+    ax = viz.clip_fractions(outputs, title="clips")
+    bars = ax.patches
+    assert len(bars) == 4  # low and high for two outputs; the all-zero dual clip is left out
+    assert [round(b.get_height(), 6) for b in bars] == [0.1, 0.0, 0.2, 0.5]
+    assert [round(b.get_y(), 6) for b in bars] == [0.0, 0.0, 0.1, 0.0]
+    assert ax.get_title() == "clips"
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="at least one"):
+        viz.clip_fractions({})

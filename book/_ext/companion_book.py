@@ -11,7 +11,9 @@
    ``const THEBE_JS_URL`` declared twice is a console error in every page.
 5. Docstrings written as plain text ("name: description" with indented continuation lines) are made
    valid reStructuredText for autodoc by a blank line wherever indentation drops (see
-   :func:`separate_dedents`), so a new module cannot break the ``-W`` build with layout alone.
+   :func:`separate_dedents`), so a new module cannot break the ``-W`` build with layout alone; and the
+   vertical bars of maths such as |o_i| are escaped (:func:`escape_bars`), since reStructuredText reads
+   ``|name|`` as a substitution.
 6. A two-line MathJax 2 shim for saved ipywidgets: the widget controls bundled in the HTML manager
    typeset labels with ``MathJax.Hub.Queue`` (MathJax 2), which MathJax 3 lacks.
 7. The ``companion-api`` directive (used in ``book/api.rst``): one section with ``automodule`` per module
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,17 @@ def separate_dedents(app: Sphinx, what: str, name: str, obj: Any, options: Any, 
     lines[:] = fixed
 
 
+_LITERAL = re.compile(r"(``.*?``)")
+
+
+def escape_bars(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+    """Escape ``|`` outside inline literals: docstrings write |o_i| and Σ|o_j| as mathematicians do."""
+    for index, line in enumerate(lines):
+        if "|" in line:
+            parts = _LITERAL.split(line)
+            lines[index] = "".join(p if p.startswith("``") else p.replace("|", "\\|") for p in parts)
+
+
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "companion"
 # The order of DESIGN.md's module table; modules not listed here follow alphabetically.
 MODULE_ORDER = ("objective", "methods", "prefix", "optim", "theory", "policies", "tasks", "lab", "viz",
@@ -178,6 +192,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("build-finished", report_execution_times)
     app.connect("html-page-context", drop_duplicate_scripts)
     app.connect("autodoc-process-docstring", separate_dedents)
+    app.connect("autodoc-process-docstring", escape_bars)
     app.add_js_file(None, body=MATHJAX2_SHIM, priority=100)
     app.add_directive("companion-api", CompanionApi)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
