@@ -51,7 +51,8 @@ class History:
 
     Shapes: (R,) for a single-seed policy and (R, S) for S seeds; ``prefix_prob`` adds a last axis over the
     template tokens. ``outer_step`` and ``inner_step`` are (R,) integers. Columns: reward, accuracy, length,
-    entropy, kl_old, kl_ref, ratio_min, ratio_max, loss, the objective's clip fractions, ``prefix_prob``
+    tied_fraction (groups with equal rewards), entropy, kl_old, kl_ref, ratio_min, ratio_max, loss, the
+    objective's scalar diagnostics (clip fractions, policy_loss, regulariser), ``prefix_prob``
     (with a template) and ``opt_*`` (optimizer diagnostics, when the optimizer keeps a ``history``).
     """
 
@@ -152,6 +153,12 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 def _k3(log_ratio: Tensor) -> Tensor:
     """k3 estimator of KL per token: exp(d) - d - 1 with d = log(pi_other / pi_theta) (Table 1's D_KL)."""
     return torch.expm1(log_ratio) - log_ratio
+
+
+def _tied_fraction(rewards: Tensor, group_size: int) -> Tensor:
+    """(S, N) rewards -> (S,): the share of groups whose rewards are all equal (zero advantage, Eq. 2)."""
+    groups = rewards.view(rewards.shape[0], -1, group_size)
+    return (groups == groups[..., :1]).all(-1).to(rewards.dtype).mean(-1)
 
 
 def _masked_extreme(x: Tensor, mask: Tensor, largest: bool) -> Tensor:
@@ -375,6 +382,7 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     lp = logp.detach()
     row = {
         "reward": b.rewards.mean(1), "accuracy": b.correct.mean(1), "length": b.mask.sum(2).mean(1),
+        "tied_fraction": _tied_fraction(b.rewards, b.group_size),
         "entropy": _masked_mean(entropy, b.mask),
         "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask),
         "kl_ref": _masked_mean(_k3(b.ref_logprobs - lp), b.mask),

@@ -177,7 +177,7 @@ def test_records_first_inner_step_is_on_policy_and_template_probability_is_exact
     assert ((h["length"] >= 3) & (h["length"] <= task.max_new_tokens)).all()
     assert h["entropy"][0] == pytest.approx(np.log(5) * 2 / 3 + np.log(6) / 3, abs=0.2)
     np.testing.assert_array_equal(h["outer_step"], np.repeat(np.arange(6), 2))
-    assert h.outer("reward").shape == (6, 2) and set(h.keys()) >= {
+    assert h.outer("reward").shape == (6, 2) and set(h.keys()) >= {"tied_fraction",
         "reward", "accuracy", "length", "entropy", "kl_old", "kl_ref", "clip_fraction_low",
         "clip_fraction_high", "ratio_min", "ratio_max", "loss", "prefix_prob"}
 
@@ -262,3 +262,9 @@ def test_bad_optimizer_task_and_context():
         run(TinyGPT2Policy.for_task(long_prompts, n_positions=8), long_prompts)
     with pytest.raises(ValueError, match="vocab"):
         run(tabular(make_task("parity")), task)
+
+
+def test_tied_fraction_counts_groups_with_equal_rewards():
+    rewards = torch.tensor([[1.0, 1.0, 0.0, 0.0, 2.0, 2.0], [0.0, 1.0, 3.0, 3.0, 1.0, 1.0]])
+    np.testing.assert_allclose(lab._tied_fraction(rewards, 2).numpy(), [1.0, 2 / 3])
+    np.testing.assert_allclose(lab._tied_fraction(rewards, 3).numpy(), [0.0, 0.0])
