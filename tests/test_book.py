@@ -220,7 +220,11 @@ def test_plain_text_docstrings_become_valid_rst():
              "group_size: G >= 2.", "- item", "  continued", "- next"]
     companion_book.separate_dedents(None, "function", "f", None, None, lines)
     assert lines == ["Summary.", "", "optimizer: a torch optimizer (e.g.", "    ``AdamW``), or None.", "",
-                     "group_size: G >= 2.", "- item", "  continued", "", "- next"]
+                     "group_size: G >= 2.", "", "- item", "  continued", "", "- next"]
+    items = ["Fields:", "    a: one line.", "    b: two", "        lines.", "    c: one line."]
+    companion_book.separate_dedents(None, "function", "f", None, None, items)
+    assert items == ["Fields:", "    a: one line.", "", "    b: two", "        lines.", "",
+                     "    c: one line."]
     untouched = ["One line.", "", "    an indented block", "", "Back."]
     companion_book.separate_dedents(None, "function", "f", None, None, untouched)
     assert untouched == ["One line.", "", "    an indented block", "", "Back."]
@@ -230,3 +234,45 @@ def test_vertical_bars_in_docstrings_are_escaped_outside_literals():
     lines = ["alpha = 1/(G|o_i|), Σ|o_j| tokens", "``mask.sum(-1) | other``, then |x|"]
     companion_book.escape_bars(None, "function", "f", None, None, lines)
     assert lines == ["alpha = 1/(G\\|o_i\\|), Σ\\|o_j\\| tokens", "``mask.sum(-1) | other``, then \\|x\\|"]
+
+
+def _docstrings():
+    import importlib
+    import inspect
+
+    for module_name in companion_book.companion_modules():
+        module = importlib.import_module(f"companion.{module_name}")
+        yield module_name, inspect.getdoc(module)
+        for name, obj in vars(module).items():
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                yield f"{module_name}.{name}", inspect.getdoc(obj)
+            if inspect.isclass(obj):
+                for member, value in vars(obj).items():
+                    target = value.fget if isinstance(value, property) else value
+                    if inspect.isfunction(target) or isinstance(target, classmethod | staticmethod):
+                        yield f"{module_name}.{name}.{member}", inspect.getdoc(target)
+
+
+def test_every_docstring_is_valid_rest_after_the_build_transforms():
+    """What autodoc does to the package, without a build: a layout error here fails the -W build later."""
+    import io
+
+    import docutils.core
+
+    errors = []
+    for where, doc in _docstrings():
+        if not doc:
+            continue
+        lines = doc.split("\n")
+        companion_book.separate_dedents(None, "", where, None, None, lines)
+        companion_book.escape_bars(None, "", where, None, None, lines)
+        stream = io.StringIO()
+        docutils.core.publish_doctree("\n".join(lines), settings_overrides={
+            "report_level": 2, "halt_level": 5, "warning_stream": stream})
+        problems = [line for line in stream.getvalue().splitlines()
+                    if "ERROR" in line or "WARNING" in line]
+        problems = [p for p in problems if "Unknown interpreted text role" not in p]  # Sphinx's roles
+        errors += [f"{where}: {p}" for p in problems]
+    assert not errors, "\n".join(errors)

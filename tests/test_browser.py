@@ -31,6 +31,7 @@ import websocket
 ROOT = Path(__file__).resolve().parents[1]
 HTML_DIR = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
+BUILD_OK = ROOT / "_build" / ".companion-build-ok"  # written after a build that succeeded
 CHAPTER = "book/ch02_one_objective"  # the chapter with the first explorer
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,9 +58,9 @@ def book_sources() -> list[Path]:
 
 
 def build_is_fresh(page: Path) -> bool:
-    if not page.exists():
+    if not page.exists() or not BUILD_OK.exists():
         return False
-    built = page.stat().st_mtime
+    built = BUILD_OK.stat().st_mtime  # a build that failed (--keep-going still writes pages) leaves no stamp
     return all(source.stat().st_mtime < built for source in book_sources())
 
 
@@ -69,11 +70,13 @@ def built_book() -> Path:
     assert (ROOT / "book" / "_vendor" / "VERSIONS").exists(), "vendored assets missing: run .ci/vendor-assets"
     page = HTML_DIR / f"{CHAPTER}.html"
     if not build_is_fresh(page):
+        BUILD_OK.unlink(missing_ok=True)
         command = [str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "-W", "--keep-going"]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
         output = result.stdout + result.stderr
         assert result.returncode == 0, f"the book build failed:\n{output[-6000:]}"
         assert "build succeeded" in output
+        BUILD_OK.touch()
     assert page.exists()
     return HTML_DIR
 

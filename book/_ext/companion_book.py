@@ -100,19 +100,26 @@ def drop_duplicate_scripts(app: Sphinx, pagename: str, templatename: str, contex
 
 
 def separate_dedents(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
-    """Insert a blank line where a non-blank line is less indented than the non-blank line before it.
+    """Insert a blank line where a non-blank line is less indented than the non-blank line before it, and
+    before a line that opens an indented block right after a line of its own indentation.
 
     reStructuredText reads "term\n    indented text\nnext" as a definition list that "ends without a
-    blank line" (a warning, an error under -W). A blank line there keeps the meaning and the layout.
+    blank line", and "a\nb\n    indented" as a paragraph followed by an "unexpected indentation" (each an
+    error under -W). A blank line there keeps the meaning and the layout: every "name: text" line that
+    has an indented continuation becomes its own definition-list item.
     """
+    indents = [len(line) - len(line.lstrip()) if line.strip() else None for line in lines]
     fixed: list[str] = []
-    previous_indent: int | None = None
-    for line in lines:
-        if line.strip():
-            indent = len(line) - len(line.lstrip())
-            if previous_indent is not None and indent < previous_indent and fixed and fixed[-1].strip():
+    previous: int | None = None
+    for i, line in enumerate(lines):
+        indent = indents[i]
+        if indent is not None:
+            following = next((x for x in indents[i + 1:] if x is not None), None)
+            opens_block = following is not None and following > indent
+            if fixed and fixed[-1].strip() and previous is not None and (
+                    indent < previous or (indent == previous and opens_block)):
                 fixed.append("")
-            previous_indent = indent
+            previous = indent
         fixed.append(line)
     lines[:] = fixed
 
