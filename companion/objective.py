@@ -287,10 +287,15 @@ class Objective:
         advantages: (N,) or (N, T); mask: (N, T) 0/1 (bool, int or float); ref_logprobs: log π_ref, needed
         when β > 0. GTPO also needs ``tokens`` (N, T) ids, ``entropies`` (N, T) and ``group_size``.
         Half-precision inputs are computed in float32. Rows without tokens contribute 0.
+
+        validate: check shapes, dtypes and the 0/1 mask first, and a non-finite loss afterwards (a NaN or
+        inf input is then named in a ValueError; a log π of −inf is a probability 0, s = 0, and is allowed
+        where it gives a finite loss). ``validate=False`` skips both (for callers that ran
+        ``check_inputs``, e.g. under ``torch.func.vmap``).
         """
-        if validate:
-            self.check_inputs(logprobs, old_logprobs, advantages, mask, ref_logprobs, tokens=tokens,
-                              entropies=entropies, group_size=group_size)
+        if validate:  # shapes, dtypes and the mask now; NaN/inf below, from the loss itself (cheaper)
+            _check_loss_inputs(self, logprobs, old_logprobs, advantages, mask, ref_logprobs, tokens,
+                               entropies, group_size, finite=False)
         dtype = torch.float32 if logprobs.dtype in (torch.float16, torch.bfloat16) else logprobs.dtype
         lp = logprobs.to(dtype)
         old = old_logprobs.to(dtype).detach()
@@ -298,7 +303,12 @@ class Objective:
         adv = advantages.to(dtype).detach()
         adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
         ref = None if ref_logprobs is None else ref_logprobs.to(dtype).detach()
-        return LossOutput(_Context(self, lp, old, adv, m, ref, tokens, entropies, group_size))
+        out = LossOutput(_Context(self, lp, old, adv, m, ref, tokens, entropies, group_size))
+        if validate and not math.isfinite(out.loss.item()):
+            _check_finite(**_finite_inputs(self, logprobs, old_logprobs, advantages, ref_logprobs))
+            raise ValueError(f"the loss is {out.loss.item()} although every input is finite: an overflow "
+                             "(advantages or log-probabilities too large for the dtype?)")
+        return out
 
 
 # --- the loss, step by step ---------------------------------------------------------------------------
@@ -748,9 +758,15 @@ def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: T
         raise ValueError(f"mask must be (N={n}, T), got shape {tuple(mask.shape)}")
 
 
+def _finite_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tensor,
+                   ref: Tensor | None) -> dict[str, Tensor]:
+    extra = {"ref_logprobs": ref} if obj.beta and obj.kl is not None and ref is not None else {}
+    return dict(logprobs=logprobs.detach(), old_logprobs=old, advantages=adv, **extra)
+
+
 def _check_loss_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tensor, mask: Tensor,
                        ref: Tensor | None, tokens: Tensor | None, entropies: Tensor | None,
-                       group_size: int | None) -> None:
+                       group_size: int | None, finite: bool = True) -> None:
     for name, x in (("logprobs", logprobs), ("old_logprobs", old), ("advantages", adv)):
         _check_float_tensor(name, x)
     if logprobs.dim() != 2:
@@ -772,8 +788,8 @@ def _check_loss_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tenso
         _check_float_tensor("ref_logprobs", ref)
         if tuple(ref.shape) != shape:
             raise ValueError(f"ref_logprobs has shape {tuple(ref.shape)}, logprobs {shape}")
-    _check_finite(logprobs=logprobs, old_logprobs=old, advantages=adv,
-                  **({"ref_logprobs": ref} if obj.beta and obj.kl is not None else {}))
+    if finite:
+        _check_finite(**_finite_inputs(obj, logprobs, old, adv, ref))
     if obj.needs_tokens:
         if tokens is None or tuple(tokens.shape) != shape:
             raise ValueError(f"{obj.name}: GTPO needs tokens=(N, T) token ids to find conflict tokens")

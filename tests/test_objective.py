@@ -472,6 +472,21 @@ def test_bad_loss_inputs_get_a_clear_error(overrides, error, match):
         call(**overrides)
 
 
+def test_zero_probability_tokens_are_allowed_and_overflow_is_named():
+    """log π = −inf (probability 0) is s = 0 for a ratio surrogate: a finite loss, no error. A loss that
+    overflows although its inputs are finite is a ValueError that says so."""
+    b = batch(17)
+    lp = b["lp"].clone()
+    lp[0, 0] = float("-inf")
+    assert torch.isfinite(call(cp.Objective.preset("dapo"), logprobs=lp).loss)
+    with pytest.raises(ValueError, match="logprobs"):
+        call(cp.Objective.preset("gpg"), logprobs=lp)  # A log π is -inf there: named
+    huge = torch.full((12,), 3e38, dtype=torch.float32)
+    with pytest.raises(ValueError, match="overflow"):
+        call(cp.Objective.preset("dr_grpo", beta=0.0), logprobs=b["lp"].float(),
+             old_logprobs=b["old"].float(), mask=b["mask"].float(), advantages=huge)
+
+
 def test_bool_and_integer_masks_are_accepted():
     b = batch(17)  # call()'s batch
     reference = call().loss
