@@ -8,9 +8,16 @@ import pytest
 import torch
 
 import companion as cp
-from companion.optim import CHEAP_KEYS, CHUNK, FULL_KEYS, InstrumentedAdamW
+from companion import optim
+from companion.optim import CHEAP_KEYS, FULL_KEYS, InstrumentedAdamW
 
-SHAPES = [(CHUNK + 123,), (33, 7), (5,)]  # one parameter spans two chunks
+TEST_CHUNK = 1 << 12  # the chunked step reads optim.CHUNK when it runs: small chunks keep the tests fast
+SHAPES = [(TEST_CHUNK + 123,), (33, 7), (5,)]  # one parameter spans two chunks
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(optim, "CHUNK", TEST_CHUNK)
 
 
 def make_params(dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
