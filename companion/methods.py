@@ -118,6 +118,17 @@ PRESETS: dict[str, Method] = {m.name: m for m in _METHODS}
 """Every preset by name: the ten of Table 1 (``TABLE1``), then the extras (``EXTRAS``)."""
 
 
+def _preset_list() -> str:
+    """The presets with their sources and choices, appended to this module's docstring (the API page)."""
+    lines = ["", "Presets (name: method [bibtex key of the source]; what the preset chose):", ""]
+    for method in _METHODS:
+        lines.append(f"- ``{method.name}``: {method.label} [{method.source}]; {method.notes}")
+    return "\n".join(lines)
+
+
+__doc__ = (__doc__ or "") + _preset_list()
+
+
 # --- Table 1, rendered from the fields ----------------------------------------------------------------
 _DENOMINATORS = {
     "seq_mean_token_mean": ("G", "|o_i|", "{σ}"),

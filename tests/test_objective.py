@@ -565,6 +565,7 @@ def test_every_preset_cites_a_source_in_the_bibliography():
         assert method.source in keys, name
         assert method.objective.source == method.source and method.objective.name == name
         assert method.notes, name
+        assert f"``{name}``: {method.label} [{method.source}]" in methods.__doc__  # the API page lists it
     assert tuple(cp.PRESETS)[:10] == methods.TABLE1
 
 
