@@ -110,6 +110,29 @@ def check_true(name: str, condition: bool, message_if_false: str, *, hint: str =
     return Check(name, condition, "Correct." if condition else message_if_false, hint)
 
 
+def name_the_mistake(result: Check, answer: Any, mistakes: Sequence[tuple[str, Any, str]], *,
+                     rtol: float = 1e-5, atol: float = 1e-6) -> Check:
+    """A failed :func:`check_close` result whose message names the known mistake the answer matches.
+
+    ``mistakes``: (label, values, hint) triples, tried in order (``values`` None skips one); a match
+    replaces the hint. A passing result, or an answer that matches none, is returned unchanged.
+    """
+    if result.passed or answer is None:
+        return result
+    try:
+        got = _as_float_list("value", answer)
+    except TypeError:
+        return result
+    for label, values, hint in mistakes:
+        if values is None:
+            continue
+        target = _as_float_list("mistake", values)
+        if len(target) == len(got) and all(abs(a - b) <= atol + rtol * abs(b)
+                                           for a, b in zip(got, target, strict=True)):
+            return Check(result.name, False, f"{result.message} Your answer is {label}.", hint)
+    return result
+
+
 # --- Chapter 2 ---
 # One objective, ten methods: the weights alpha of Table 1, the sequence weight Omega_i, and reading a
 # trainer's configuration in Eq. 1 terms.
@@ -352,14 +375,6 @@ def check_group_advantages(answer: Any, rewards: Any, group_size: int, *, baseli
             if baseline == "group_mean" else
             "The mean of the others is (sum of the group − r_i) / (G − 1).")
     result = check_close(name, answer, expected, rtol=1e-5, atol=1e-6, hint=hint)
-    if result.passed or answer is None:
-        return result
-    try:
-        got = _as_float_list("value", answer)
-    except TypeError:
-        return result
-    if len(got) != len(expected):
-        return result
     other = "leave_one_out" if baseline == "group_mean" else "group_mean"
     mistakes = [
         ("r_i minus the mean of the whole batch (PPO's baseline), not of each group",
@@ -376,12 +391,9 @@ def check_group_advantages(answer: Any, rewards: Any, group_size: int, *, baseli
          if std else None,
          "companion uses Bessel's correction: σ² = Σ (r − mean)² / (G − 1), as torch.std does by default."),
         ("the advantages with the sign flipped", [-a for a in expected], "A_i is r_i minus the baseline."),
-        ("the raw rewards", _as_float_list("rewards", rewards), "Subtract the baseline from each reward."),
+        ("the raw rewards", rewards, "Subtract the baseline from each reward."),
     ]
-    for label, values, mistake_hint in mistakes:
-        if values is not None and _ch01_matches(got, values):
-            return Check(name, False, f"{result.message} Your values are {label}.", mistake_hint)
-    return result
+    return name_the_mistake(result, answer, mistakes)
 
 
 def _as_flags(value: Any) -> list[bool]:
@@ -447,19 +459,8 @@ def check_tied_probability(answer: Any, p: float, group_size: int) -> Check:
     name = f"P(tied group) for p = {p:g}, G = {group_size}"
     hint = "A binary group is tied when all G completions are wrong or all G are right; they are independent."
     result = check_close(name, answer, all_right + all_wrong, rtol=1e-6, atol=1e-12, hint=hint)
-    if result.passed or answer is None:
-        return result
-    try:
-        got = _as_float_list("value", answer)
-    except TypeError:
-        return result
-    if len(got) != 1:
-        return result
-    mistakes = [(all_wrong, "only the all-wrong groups", "Add the groups in which all G are right."),
-                (all_right, "only the all-right groups", "Add the groups in which all G are wrong."),
-                (1.0 - all_right - all_wrong, "the probability that a group is NOT tied (it carries signal)",
+    mistakes = [("only the all-wrong groups", all_wrong, "Add the groups in which all G are right."),
+                ("only the all-right groups", all_right, "Add the groups in which all G are wrong."),
+                ("the probability that a group is NOT tied (it carries signal)", 1.0 - all_right - all_wrong,
                  "That is the complement: 1 minus your answer.")]
-    for value, label, mistake_hint in mistakes:
-        if abs(got[0] - value) <= 1e-6 * max(abs(value), 1e-12):
-            return Check(name, False, f"{result.message} That is {label}.", mistake_hint)
-    return result
+    return name_the_mistake(result, answer, mistakes, rtol=1e-6, atol=1e-18)
