@@ -23,13 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from companion.trainers import TrainerLoss
 
 Baseline = Literal["group_mean", "leave_one_out", "batch_whiten", "batch_mean", "none"]
 StdScale = Literal["group", "batch"] | None
@@ -190,23 +187,16 @@ class Objective:
     @classmethod
     def from_trl(cls, **config: Any) -> Objective:
         """What TRL 1.16.0's ``GRPOTrainer`` optimises, from ``GRPOConfig`` loss fields (see trainers)."""
-        from companion.trainers import trl_loss_spec
+        from companion.trainers import objective_from_trl
 
-        return cls.from_spec(trl_loss_spec(**config))
+        return objective_from_trl(**config)
 
     @classmethod
     def from_verl(cls, **config: Any) -> Objective:
         """What verl 0.9.1's actor optimises, from actor and algorithm fields (see trainers)."""
-        from companion.trainers import verl_loss_spec
+        from companion.trainers import objective_from_verl
 
-        return cls.from_spec(verl_loss_spec(**config))
-
-    @classmethod
-    def from_spec(cls, spec: TrainerLoss) -> Objective:
-        """Realise a trainer's reading in Eq. 1 terms (``companion.trainers.TrainerLoss``)."""
-        names = {f.name for f in fields(cls)}
-        values = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name in names}
-        return cls(name=spec.source, **values)
+        return objective_from_verl(**config)
 
     def with_(self, **overrides: Any) -> Objective:
         """A copy with some fields changed (unknown fields are a TypeError naming them)."""

@@ -9,11 +9,9 @@ they were read). Neither library is imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from companion.objective import Objective
+from companion.objective import Objective
 
 TRL_VERSION = "1.16.0"
 VERL_VERSION = "0.9.1"
@@ -88,54 +86,6 @@ def _require_positive(
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
-@dataclass(frozen=True)
-class TrainerLoss:
-    """What one trainer configuration computes, in the terms of Eq. 1 (see tests/conformance/SPEC.md).
-
-    Advantages (Eq. 2): `baseline` is "group_mean", "leave_one_out" (RLOO) or "batch_whiten" (REINFORCE++);
-    `std_scale` divides by the Bessel std of the "group" or the "batch" (None: no scaling), with `std_eps`
-    added to the std; `gpg_alpha="nonzero_reward"` multiplies by N / #{nonzero rewards} (verl's GPG).
-    Ratio s (Eq. 3): `ratio_level` "token" (pi/pi_old) or "sequence" (exp of the completion's mean
-    log-ratio, carried to each token with the gradient of its own log pi, as GSPO).
-    Surrogate: "clip" (PPO's min, with `clip_low`/`clip_high`, `dual_clip` = verl's clip_ratio_c for A < 0,
-    `ratio_cap` = TRL's delta for both signs), "soft_gate" (SAPO, `sapo_temperatures` = (tau_pos, tau_neg)),
-    "log_prob" (GPG: A log pi), "is_weighted_log_prob" (CISPO: sg(clip(ratio, is_weight_low,
-    is_weight_high)) A log pi; None = unbounded on that side), "geometric_mean" (GMPO: sign-aware clip of
-    each log-ratio to [-clip_low, clip_high], geometric mean over the completion, one term per sequence).
-    Weights alpha: `aggregation` is "seq_mean_token_mean" (1/(N|o_i|)), "token_mean" (1/sum|o_j|),
-    "token_sum" (1), "seq_mean_token_sum" (1/N), "constant" (1/(N L), L = `constant_length` or the padded
-    width T) or "seq_mean" (GMPO: 1/N per sequence).
-    Regulariser R: `kl` in {"k1", "k2", "k3", "abs"} (k3 clamped as verl does when `kl_clamped`; the value
-    of `kl` with the gradient of k2 when `kl_straight_through`), coefficient `beta`, multiplied by the
-    differentiable importance weight of `ratio_level` when `kl_ratio_weighted`, aggregated with the weights
-    of `kl_aggregation`. `max_log_ratio` clamps log-ratios before exp (verl: 20; 10 for GSPO's).
-    """
-
-    source: str
-    baseline: str = "group_mean"
-    std_scale: str | None = "group"
-    std_eps: float = 1e-4
-    gpg_alpha: str | None = None
-    ratio_level: str = "token"
-    surrogate: str = "clip"
-    clip_low: float | None = 0.2
-    clip_high: float | None = 0.2
-    dual_clip: float | None = None
-    ratio_cap: float | None = None
-    is_weight_low: float | None = None
-    is_weight_high: float | None = None
-    sapo_temperatures: tuple[float, float] | None = None
-    aggregation: str = "token_mean"
-    constant_length: float | None = None
-    kl: str | None = None
-    beta: float = 0.0
-    kl_ratio_weighted: bool = False
-    kl_clamped: bool = False
-    kl_straight_through: bool = False
-    kl_aggregation: str = "token_mean"
-    max_log_ratio: float = 20.0
-
-
 _TRL_AGGREGATION = {
     "grpo": "seq_mean_token_mean",
     "sapo": "seq_mean_token_mean",
@@ -154,7 +104,7 @@ _VERL_AGGREGATION = {
 }
 
 
-def trl_loss_spec(
+def objective_from_trl(
     *,
     loss_type: str = "dapo",
     importance_sampling_level: str = "token",
@@ -168,8 +118,16 @@ def trl_loss_spec(
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
     **unsupported: Any,
-) -> TrainerLoss:
-    """Validate `GRPOConfig` loss fields (TRL 1.16.0 names and defaults) and read them in Eq. 1 terms."""
+) -> Objective:
+    """The Objective that TRL 1.16.0's `GRPOTrainer` optimises, from `GRPOConfig` loss fields.
+
+    Fields and defaults are TRL's: `loss_type="dapo"`, `importance_sampling_level="token"`, `epsilon=0.2`,
+    `epsilon_high=None`, `delta=None`, `beta=0.0`, `scale_rewards="group"` (or the legacy booleans),
+    `max_completion_length=512`, `use_bias_correction_kl=True`, `sapo_temperature_pos=1.0`,
+    `sapo_temperature_neg=1.05`. One process and one micro-batch per optimiser step are assumed (then
+    `dapo`/`cispo` normalise by the batch's active tokens, like `bnpo`). The fields are validated with
+    TRL's names before the reading is built.
+    """
     _reject_unknown("from_trl", unsupported, TRL_FIELDS)
     _require_choice("loss_type", loss_type, TRL_LOSS_TYPES)
     _require_choice("importance_sampling_level", importance_sampling_level, TRL_IS_LEVELS)
@@ -186,8 +144,10 @@ def trl_loss_spec(
     eps_high = epsilon if epsilon_high is None else epsilon_high
     clipped = loss_type in ("grpo", "bnpo", "dr_grpo", "dapo")
     surrogate = {"cispo": "is_weighted_log_prob", "sapo": "soft_gate"}.get(loss_type, "clip")
-    return TrainerLoss(
-        source=f"trl {TRL_VERSION} loss_type={loss_type} level={importance_sampling_level}",
+    source = f"trl {TRL_VERSION} loss_type={loss_type} level={importance_sampling_level}"
+    return Objective(
+        name=source,
+        source=source,
         std_scale=None if scale_rewards == "none" else scale_rewards,
         std_eps=1e-4,
         ratio_level=importance_sampling_level,
@@ -207,7 +167,7 @@ def trl_loss_spec(
     )
 
 
-def verl_loss_spec(
+def objective_from_verl(
     *,
     policy_loss: str = "vanilla",
     loss_agg_mode: str = "token-mean",
@@ -224,8 +184,17 @@ def verl_loss_spec(
     adv_estimator: str = "grpo",
     norm_adv_by_std_in_grpo: bool = True,
     **unsupported: Any,
-) -> TrainerLoss:
-    """Validate verl actor/algorithm fields (verl 0.9.1 names and defaults) and read them in Eq. 1 terms."""
+) -> Objective:
+    """The Objective that verl 0.9.1's actor (`ppo_loss`) optimises, from actor and algorithm fields.
+
+    Fields and defaults are verl's: `policy_loss="vanilla"` (actor.policy_loss.loss_mode),
+    `loss_agg_mode="token-mean"`, `clip_ratio=0.2`, `clip_ratio_low=0.2`, `clip_ratio_high=0.2` (so
+    `clip_ratio` matters only when both are None), `clip_ratio_c=3.0`, `tau_pos=1.0`, `tau_neg=1.05`,
+    `use_kl_loss=False`, `kl_loss_coef=0.001`, `kl_loss_type="low_var_kl"`, `loss_scale_factor=None`,
+    `norm_adv_by_std_in_grpo=True`; `adv_estimator` defaults to "grpo" (verl's "gae" needs a critic).
+    One data-parallel rank and one micro-batch per mini-batch are assumed. The fields are validated with
+    verl's names before the reading is built.
+    """
     _reject_unknown("from_verl", unsupported, VERL_FIELDS)
     _require_choice("policy_loss", policy_loss, VERL_POLICY_LOSSES)
     _require_choice("loss_agg_mode", loss_agg_mode, VERL_AGG_MODES)
@@ -259,8 +228,10 @@ def verl_loss_spec(
     }
     surrogate = surrogates.get(policy_loss, "clip")
     clipped = policy_loss in ("vanilla", "gspo", "geo_mean")
-    return TrainerLoss(
-        source=f"verl {VERL_VERSION} policy_loss={policy_loss} loss_agg_mode={loss_agg_mode}",
+    source = f"verl {VERL_VERSION} policy_loss={policy_loss} loss_agg_mode={loss_agg_mode}"
+    return Objective(
+        name=source,
+        source=source,
         baseline={"rloo": "leave_one_out", "reinforce_plus_plus": "batch_whiten"}.get(
             adv_estimator, "group_mean"
         ),
@@ -284,35 +255,3 @@ def verl_loss_spec(
         kl_aggregation=_VERL_AGGREGATION[loss_agg_mode],  # the KL term always follows loss_agg_mode
         max_log_ratio=10.0 if policy_loss == "gspo" else 20.0,  # verl clamps GSPO's log s at 10
     )
-
-
-def objective_from_trl(**config: Any) -> Objective:
-    """The Objective that TRL 1.16.0's `GRPOTrainer` optimises, from `GRPOConfig` loss fields.
-
-    Fields and defaults are TRL's: `loss_type="dapo"`, `importance_sampling_level="token"`, `epsilon=0.2`,
-    `epsilon_high=None`, `delta=None`, `beta=0.0`, `scale_rewards="group"` (or the legacy booleans),
-    `max_completion_length=512`, `use_bias_correction_kl=True`, `sapo_temperature_pos=1.0`,
-    `sapo_temperature_neg=1.05`. One process and one micro-batch per optimiser step are assumed (then
-    `dapo`/`cispo` normalise by the batch's active tokens, like `bnpo`).
-    """
-    return _build_objective(trl_loss_spec(**config))
-
-
-def objective_from_verl(**config: Any) -> Objective:
-    """The Objective that verl 0.9.1's actor (`ppo_loss`) optimises, from actor and algorithm fields.
-
-    Fields and defaults are verl's: `policy_loss="vanilla"` (actor.policy_loss.loss_mode),
-    `loss_agg_mode="token-mean"`, `clip_ratio=0.2`, `clip_ratio_low=0.2`, `clip_ratio_high=0.2` (so
-    `clip_ratio` matters only when both are None), `clip_ratio_c=3.0`, `tau_pos=1.0`, `tau_neg=1.05`,
-    `use_kl_loss=False`, `kl_loss_coef=0.001`, `kl_loss_type="low_var_kl"`, `loss_scale_factor=None`,
-    `norm_adv_by_std_in_grpo=True`; `adv_estimator` defaults to "grpo" (verl's "gae" needs a critic).
-    One data-parallel rank and one micro-batch per mini-batch are assumed.
-    """
-    return _build_objective(verl_loss_spec(**config))
-
-
-def _build_objective(spec: TrainerLoss) -> Objective:
-    """Realise `spec` as an `Objective` (companion/objective.py)."""
-    from companion.objective import Objective
-
-    return Objective.from_spec(spec)

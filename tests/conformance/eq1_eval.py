@@ -1,19 +1,20 @@
-"""Evaluate a `TrainerLoss` reading literally as Eq. 1: L = -sum_{i,t} alpha_{i,t} f(s_{i,t}, A_i) + beta R.
+"""Evaluate a trainer's reading (the fields of its `Objective`) literally as Eq. 1:
+L = -sum_{i,t} alpha_{i,t} f(s_{i,t}, A_i) + beta R, with code of its own.
 
-This is the bridge test of the translation: if this plain evaluation of the reading matches the library
-references (test_trainer_reading.py), the reading is right, and what remains is that the Objective realises
-the reading (test_trl.py, test_verl.py).
+This is the bridge test of the translation: if this plain evaluation of the fields matches the library
+references (test_trainer_reading.py), the reading is right, and what remains is that `Objective.loss`
+realises the fields (test_trl.py, test_verl.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from companion.trainers import TrainerLoss
+from companion.objective import Objective
 
 
 def eq1_advantages(
-    spec: TrainerLoss, rewards: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None
+    spec: Objective, rewards: torch.Tensor, group_size: int, lengths: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Eq. 2 with the reading's baseline, sigma and stabiliser (outcome rewards, groups contiguous).
 

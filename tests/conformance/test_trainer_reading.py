@@ -1,5 +1,6 @@
-"""The Eq. 1 reading of each TRL / verl configuration (`trl_loss_spec`, `verl_loss_spec`) reproduces the
-library references, and bad configurations are rejected with the valid values. Needs no Objective."""
+"""The Eq. 1 reading of each TRL / verl configuration (the fields `objective_from_trl` / `objective_from_verl`
+set), evaluated by eq1_eval.py without `Objective.loss`, reproduces the library references, and bad
+configurations are rejected with the valid values."""
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ READ_VERL_CASES = VERL_LOSS_CASES + KL_CASES + KL_MIXED_AGG_CASES
 def test_trl_reading_reproduces_trl(cfg):
     batch = random_batch(7)
     adv = signed_advantages(batch, 7)
-    spec = trainers.trl_loss_spec(**cfg)
+    spec = trainers.objective_from_trl(**cfg)
     args = (batch.old_logprobs, adv, batch.mask, batch.ref_logprobs)
     assert_value_and_grad_match(
         lambda lp: eq1_loss(spec, lp, *args), lambda lp: trl_loss(lp, *args, **cfg), batch.logprobs
@@ -38,7 +39,7 @@ def test_trl_reading_reproduces_trl(cfg):
 def test_verl_reading_reproduces_verl(cfg):
     batch = random_batch(8)
     adv = signed_advantages(batch, 8)
-    spec = trainers.verl_loss_spec(**cfg)
+    spec = trainers.objective_from_verl(**cfg)
     args = (batch.old_logprobs, adv, batch.mask, batch.ref_logprobs)
     assert_value_and_grad_match(
         lambda lp: eq1_loss(spec, lp, *args), lambda lp: verl_actor_loss(lp, *args, **cfg), batch.logprobs
@@ -48,7 +49,7 @@ def test_verl_reading_reproduces_verl(cfg):
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none", True, False])
 def test_trl_advantage_reading(scale_rewards):
     batch = random_batch(9)
-    spec = trainers.trl_loss_spec(scale_rewards=scale_rewards)
+    spec = trainers.objective_from_trl(scale_rewards=scale_rewards)
     ours = eq1_advantages(spec, batch.rewards, batch.group_size)
     torch.testing.assert_close(
         ours, trl_advantages(batch.rewards, 4, scale_rewards=scale_rewards), atol=TOL, rtol=0
@@ -66,13 +67,13 @@ def test_trl_advantage_reading(scale_rewards):
 )
 def test_verl_advantage_reading(cfg):
     batch = random_batch(10)
-    ours = eq1_advantages(trainers.verl_loss_spec(**cfg), batch.rewards, batch.group_size)
+    ours = eq1_advantages(trainers.objective_from_verl(**cfg), batch.rewards, batch.group_size)
     torch.testing.assert_close(ours, verl_advantages(batch.rewards, 4, **cfg), atol=TOL, rtol=0)
 
 
 def test_verl_reinforce_pp_reading_weighs_completions_by_length():
     batch = random_batch(11)
-    spec = trainers.verl_loss_spec(adv_estimator="reinforce_plus_plus")
+    spec = trainers.objective_from_verl(adv_estimator="reinforce_plus_plus")
     ours = eq1_advantages(spec, batch.rewards, 4, lengths=batch.mask.sum(-1)).unsqueeze(1) * batch.mask
     expected = verl_advantages(batch.rewards, 4, adv_estimator="reinforce_plus_plus", mask=batch.mask)
     torch.testing.assert_close(ours, expected, atol=TOL, rtol=0)
