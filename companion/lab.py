@@ -230,18 +230,19 @@ def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: 
 def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int,
                         mask: Tensor | None = None) -> Tensor:
     """(S, N) rewards -> (S, N) advantages, each seed's groups on their own (Eq. 2). A companion
-    ``Objective`` gets the mask (REINFORCE++ weighs completions by length) and is checked once."""
-    if not isinstance(objective, Objective):
-        if rewards.shape[0] == 1:
-            return objective.advantages(rewards[0], group_size=group_size).unsqueeze(0)
-        return _per_seed(lambda r: objective.advantages(r, group_size=group_size), rewards)
-    objective.advantages(rewards[0], group_size, None if mask is None else mask[0])  # checks the inputs
+    ``Objective`` checks every seed's rewards once, then runs unchecked per seed, and gets the mask
+    (REINFORCE++ weighs completions by length)."""
+    if isinstance(objective, Objective):
+        objective.check_rewards(rewards.flatten(), group_size, None if mask is None else mask.flatten(0, 1))
+
+        def one(r: Tensor, m: Tensor | None) -> Tensor:
+            return objective.advantages(r, group_size, m, validate=False)
+    else:
+        def one(r: Tensor, m: Tensor | None) -> Tensor:
+            return objective.advantages(r, group_size=group_size)
+
     if rewards.shape[0] == 1:
-        return objective.advantages(rewards[0], group_size, None if mask is None else mask[0]).unsqueeze(0)
-
-    def one(r: Tensor, m: Tensor | None) -> Tensor:
-        return objective.advantages(r, group_size, m, validate=False)
-
+        return one(rewards[0], None if mask is None else mask[0]).unsqueeze(0)
     return _per_seed(one, rewards, mask)
 
 

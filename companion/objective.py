@@ -228,6 +228,10 @@ class Objective:
         _check_loss_inputs(self, logprobs, old_logprobs, advantages, mask, ref_logprobs, tokens, entropies,
                            group_size)
 
+    def check_rewards(self, rewards: Tensor, group_size: int, mask: Tensor | None = None) -> None:
+        """The checks ``advantages`` runs on its inputs (a clear ValueError/TypeError naming the argument)."""
+        _check_rewards(rewards, group_size, self.is_group_method, mask)
+
     # --- Eq. 2 -------------------------------------------------------------------------------------------
     def advantages(self, rewards: Tensor, group_size: int, mask: Tensor | None = None, *,
                    validate: bool = True) -> Tensor:
@@ -238,12 +242,12 @@ class Objective:
         checks on values (for callers that checked already, e.g. under ``torch.func.vmap``).
         """
         if validate:
-            _check_rewards(rewards, group_size, self.is_group_method, mask)
+            self.check_rewards(rewards, group_size, mask)
         r = rewards
         if self.baseline == "batch_whiten":
             return _whiten(r, mask)
         n = r.shape[0]
-        groups = r.reshape(n // group_size, group_size) if group_size > 0 else r.reshape(1, n)
+        groups = r.reshape(n // group_size, group_size)
         if self.baseline == "group_mean":
             centred = groups - groups.mean(1, keepdim=True)
         elif self.baseline == "leave_one_out":

@@ -268,3 +268,13 @@ def test_tied_fraction_counts_groups_with_equal_rewards():
     rewards = torch.tensor([[1.0, 1.0, 0.0, 0.0, 2.0, 2.0], [0.0, 1.0, 3.0, 3.0, 1.0, 1.0]])
     np.testing.assert_allclose(lab._tied_fraction(rewards, 2).numpy(), [1.0, 2 / 3])
     np.testing.assert_allclose(lab._tied_fraction(rewards, 3).numpy(), [0.0, 0.0])
+
+
+def test_seedwise_advantages_check_every_seed_not_only_the_first():
+    rewards = torch.zeros(3, 8)
+    rewards[2, 5] = float("nan")
+    with pytest.raises(ValueError, match="rewards"):
+        lab.seedwise_advantages(cp.Objective.preset("grpo"), rewards, 4)
+    ok = lab.seedwise_advantages(cp.Objective.preset("grpo"), torch.arange(24.0).view(3, 8), 4)
+    assert ok.shape == (3, 8) and torch.allclose(ok[1], cp.Objective.preset("grpo").advantages(
+        torch.arange(8.0, 16.0), 4))
