@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 _SUBMODULES = ("objective", "methods", "prefix", "optim", "theory", "policies", "tasks", "lab", "viz",
-               "exercises", "trainers")
+               "exercises", "trainers", "notebook")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

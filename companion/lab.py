@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from companion.notebook import Progress, under_pytest
 from companion.objective import Objective
 from companion.tasks import Task
 
@@ -100,17 +101,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-@contextlib.contextmanager
-def cpu_threads(device: torch.device) -> Iterator[None]:
-    """On CPU run with ``COMPANION_THREADS`` threads (default 1: tiny models are fastest that way)."""
-    if device.type != "cpu":
-        yield
-        return
+def thread_count() -> int:
+    """``COMPANION_THREADS`` (default 1: tiny models are fastest with one thread)."""
     raw = os.environ.get("COMPANION_THREADS", "1")
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"COMPANION_THREADS must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device) -> Iterator[None]:
+    """On CPU run with :func:`thread_count` threads."""
+    if device.type != "cpu":
+        yield
+        return
     before = torch.get_num_threads()
-    torch.set_num_threads(int(raw))
+    torch.set_num_threads(thread_count())
     try:
         yield
     finally:
@@ -299,7 +305,8 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
     seed: seed of the first run; seed index s of a multi-seed policy uses ``seed + s``.
     sampling: ``"on_policy"`` (current policy, shared random numbers) or ``"fixed"`` (frozen initial policy).
     device: None picks CUDA when present, else CPU (with ``COMPANION_THREADS`` threads, default 1).
-    progress: tqdm bar; None shows one when the run looks longer than a few seconds, outside pytest.
+    progress: a progress line (``cp.notebook.Progress``); None shows one when the run looks longer than a
+        few seconds, outside pytest.
     """
     _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling)
     dev = resolve_device(device)
@@ -310,7 +317,7 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
         generators = [torch.Generator().manual_seed(seed + s) for s in range(policy.num_seeds)]
         first_opt_row = len(getattr(opt, "history", ()))
         records: dict[str, list[Tensor]] = {}
-        bar, start = None, time.perf_counter()
+        line, started = None, time.perf_counter()
         for k in range(steps):
             if callable(getattr(opt, "new_batch", None)):
                 opt.new_batch()  # InstrumentedAdamW's hook (counts batches, optionally resets moments)
@@ -321,9 +328,9 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
                 row["outer_step"], row["inner_step"] = torch.tensor([k]), torch.tensor([i])
                 for name, value in row.items():
                     records.setdefault(name, []).append(value.detach())
-            bar = _advance_progress(bar, progress, k + 1, steps, time.perf_counter() - start)
-        if bar is not None:
-            bar.close()
+            line = _advance_progress(line, progress, k + 1, steps, started)
+        if line is not None:
+            line.close()
     config = dict(task=task.name, objective=getattr(objective, "name", type(objective).__name__),
                   steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
                   inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev))
@@ -404,16 +411,18 @@ def _stack(records: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:
     return columns
 
 
-def _advance_progress(bar: Any, progress: bool | None, done: int, total: int, elapsed: float) -> Any:
-    """Open a tqdm bar when asked, or (auto) when the run looks longer than a few seconds outside pytest."""
-    if bar is not None:
-        bar.update(1)
-        return bar
+def _advance_progress(line: Progress | None, progress: bool | None, done: int, total: int,
+                      started: float) -> Progress | None:
+    """Open a progress line when asked, or (auto) when the run looks longer than a few seconds outside
+    pytest; it counts from the start of the run."""
+    if line is not None:
+        line.update()
+        return line
     if progress is False or done == total:
         return None
-    auto = "PYTEST_CURRENT_TEST" not in os.environ and elapsed / done * total > PROGRESS_AFTER_SECONDS
-    if progress or auto:
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=done, desc="train", unit="step", leave=False)
+    elapsed = time.perf_counter() - started
+    if progress or (not under_pytest() and elapsed / done * total > PROGRESS_AFTER_SECONDS):
+        line = Progress(total, "train", started=started)
+        line.update(done)
+        return line
     return None
