@@ -4,7 +4,8 @@ One call, two modes::
 
     cp.viz.explorer(plot_weights, preset=["grpo", "dr_grpo", "dapo"], rho=(-1.0, 1.0, 0.5))
 
-- In a live Jupyter kernel it is an ``ipywidgets.interactive``: move a control and ``fn`` runs again.
+- In a live Jupyter kernel: the title, ipywidgets controls, and the frame as an ordinary image output that
+  a control updates in place (``fn`` runs once per new combination, then is cached).
 - When the book is built (``jupyter-book build`` sets ``COMPANION_BOOK_BUILD=1``; see
   ``book/_ext/companion_book.py``), or anywhere without a kernel, every combination of the controls is
   computed once, rendered to a PNG (or HTML) frame, and emitted as self-contained HTML with a tiny
@@ -405,9 +406,11 @@ class Explorer:
         return self._cache[key]
 
     def frames(self) -> dict[tuple[int, ...], Frame]:
-        """Every combination, in row-major order of the controls."""
-        grid = itertools.product(*(range(len(c.values)) for c in self.controls))
-        return {key: self.frame(key) for key in grid}
+        """Every combination, in row-major order of the controls (with a progress line in a notebook)."""
+        from companion.notebook import progress
+
+        grid = list(itertools.product(*(range(len(c.values)) for c in self.controls)))
+        return {key: self.frame(key) for key in progress(grid, desc="explorer frames")}
 
     def resolved_mode(self) -> Literal["live", "static"]:
         if self.mode != "auto":
@@ -455,25 +458,48 @@ class Explorer:
 
     # -- live --------------------------------------------------------------------------------------------
     def widget(self) -> Any:
-        """An ``ipywidgets.interactive`` over the same values (each result cached after its first run)."""
+        """The live controls: one ipywidgets control per parameter, in a wrapping row."""
         import ipywidgets as widgets
-        from IPython.display import HTML, Image, display
 
-        def show(**chosen_indices: int) -> None:
-            frame = self.frame([chosen_indices[c.name] for c in self.controls])
-            if frame.kind == "png":
-                display(Image(data=base64.b64decode(frame.data.split(",", 1)[1])))
-            else:
-                display(HTML(frame.data))
+        controls = [_live_control(c) for c in self.controls]
+        return widgets.HBox(controls, layout=widgets.Layout(flex_flow="row wrap"))
 
-        kwargs = {c.name: _live_control(c) for c in self.controls}
-        return widgets.interactive(show, **kwargs)
+    def frame_bundle(self, indices: Sequence[int]) -> dict[str, str]:
+        """One frame as a display bundle, with its alt text as the plain-text fallback."""
+        frame = self.frame(indices)
+        if frame.kind == "png":
+            return {"image/png": frame.data.split(",", 1)[1], "text/plain": self._alt(indices)}
+        return {"text/html": frame.data, "text/plain": self._alt(indices)}
+
+    def show_live(self) -> None:
+        """Title, controls and the current frame as three outputs; the frame is an ordinary image output
+        updated in place, so a saved notebook keeps a readable picture after a kernel restart or in a viewer
+        without widgets. Images ask JupyterLab's dark theme for a light card, as matplotlib's do."""
+        from IPython.display import display
+
+        if self.title:
+            display({"text/html": f'<div class="cpx-title"><b>{html.escape(self.title)}</b></div>',
+                     "text/plain": self.title}, raw=True)
+        box = self.widget()
+        view = {**box._repr_mimebundle_(),
+                "text/plain": f"[{self.title or 'explorer'}: run the cell in Jupyter for live controls]"}
+        display(view, raw=True)
+        chosen = [c.default for c in self.controls]
+        image = {"needs_background": "light"}
+        handle = display(self.frame_bundle(chosen), raw=True, metadata=image, display_id=True)
+
+        def on_change(change: dict[str, Any]) -> None:
+            chosen[box.children.index(change["owner"])] = change["new"]
+            handle.update(self.frame_bundle(chosen), raw=True, metadata=image)
+
+        for control in box.children:
+            control.observe(on_change, names="value")
 
     def _ipython_display_(self) -> None:
         from IPython.display import HTML, display
 
         if self.resolved_mode() == "live":
-            display(self.widget())
+            self.show_live()
         else:
             display(HTML(self.html()))
 
@@ -508,10 +534,12 @@ def _live_control(control: Control) -> Any:
     import ipywidgets as widgets
 
     options = [(label, i) for i, label in enumerate(control.labels)]
+    shown = {"description": control.name, "style": {"description_width": "initial"},
+             "layout": widgets.Layout(width="auto", margin="0 1.5em 0 0")}  # never cut the name
     if control.kind == "slider":
-        return widgets.SelectionSlider(options=options, value=control.default, description=control.name,
-                                       continuous_update=False)
-    return widgets.Dropdown(options=options, value=control.default, description=control.name)
+        return widgets.SelectionSlider(options=options, value=control.default, continuous_update=False,
+                                       **shown)
+    return widgets.Dropdown(options=options, value=control.default, **shown)
 
 
 def _control_html(position: int, control: Control) -> str:

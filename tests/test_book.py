@@ -125,7 +125,8 @@ def test_configuration_keys_that_matter():
 
 def test_offline_assets_point_into_the_vendored_folder():
     sphinx = CONFIG["sphinx"]["config"]
-    assert sphinx["html_static_path"] == ["book/_vendor"]
+    assert sphinx["html_static_path"] == ["book/_vendor", "book/_assets"]
+    assert (ROOT / "book" / "_assets" / "companion.css").is_file()
     assets = [sphinx["mathjax_path"], *sphinx["nb_ipywidgets_js"]]
     assert all("://" not in asset for asset in assets)
     vendor = ROOT / "book" / "_vendor"

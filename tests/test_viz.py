@@ -169,23 +169,74 @@ def test_mode_follows_the_book_build_variable(monkeypatch):
     assert viz.explorer(bar_chart, height=[1, 2], colour=["C0"], mode="live").resolved_mode() == "live"
 
 
-def test_live_widget_uses_the_same_values_and_caches():
+def test_live_explorer_shows_title_controls_and_an_image_it_updates_in_place(monkeypatch):
+    import IPython.display
+
+    calls, shown = [], []
+
+    class Handle:
+        def update(self, bundle, raw, metadata):
+            shown.append(("update", bundle, metadata))
+
+    def fake_display(bundle, raw=False, metadata=None, display_id=None):
+        shown.append(("display", bundle, metadata))
+        return Handle() if display_id else None
+
+    def counted(height, colour):
+        calls.append(height)
+        return bar_chart(height, colour)
+
+    monkeypatch.setattr(IPython.display, "display", fake_display)
+    explorer = viz.explorer(counted, height=(1, 3, 1), colour={"blue": "C0", "orange": "C1"}, mode="live",
+                            title="Bars")
+    explorer.show_live()
+    title, controls, image = (bundle for _, bundle, _ in shown)
+    assert "<b>Bars</b>" in title["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in controls
+    assert "run the cell" in controls["text/plain"]  # what a viewer without widgets shows
+    assert "image/png" in image and image["text/plain"] == "Bars: height=1, colour=blue"
+    assert shown[2][2] == {"needs_background": "light"}  # a light card in JupyterLab's dark theme
+    assert calls == [1]
+
+    box = explorer.widget()  # a fresh set of controls reads the same values
+    sliders = {child.description: child for child in box.children}
+    assert type(sliders["height"]).__name__ == "SelectionSlider"
+    assert [label for label, _ in sliders["height"].options] == ["1", "2", "3"]
+    assert sliders["height"].style.description_width == "initial"  # the name is never cut
+    assert type(sliders["colour"]).__name__ == "Dropdown"
+
+
+def test_live_controls_update_the_image_and_reuse_cached_frames(monkeypatch):
+    import IPython.display
+
+    updates, boxes = [], []
+
+    class Handle:
+        def update(self, bundle, raw, metadata):
+            updates.append(bundle["text/plain"])
+
+    def fake_display(bundle, raw=False, metadata=None, display_id=None):
+        return Handle() if display_id else None
+
     calls = []
 
     def counted(height, colour):
         calls.append(height)
         return bar_chart(height, colour)
 
+    monkeypatch.setattr(IPython.display, "display", fake_display)
     explorer = viz.explorer(counted, height=(1, 3, 1), colour={"blue": "C0", "orange": "C1"}, mode="live")
-    widget = explorer.widget()
-    sliders = {child.description: child for child in widget.children[:-1]}
-    assert type(sliders["height"]).__name__ == "SelectionSlider"
-    assert [label for label, _ in sliders["height"].options] == ["1", "2", "3"]
-    assert type(sliders["colour"]).__name__ == "Dropdown"
-    assert calls == [1]  # interactive runs fn once for the default values
-    sliders["height"].value = 2
-    sliders["height"].value = 0
-    assert calls == [1, 3]  # returning to the default reuses the cached frame
+    make_box = explorer.widget
+    monkeypatch.setattr(explorer, "widget", lambda: boxes.append(make_box()) or boxes[-1])
+    explorer.show_live()
+    height, colour = boxes[0].children
+    height.value = 2
+    colour.value = 1
+    height.value = 0
+    assert updates == ["height=3, colour=blue", "height=3, colour=orange", "height=1, colour=orange"]
+    assert calls == [1, 3, 3, 1]
+    colour.value = 0  # back to the first frame: cached, fn is not called again
+    assert calls == [1, 3, 3, 1] and updates[-1] == "height=1, colour=blue"
     assert len(explorer.frames()) == 6
 
 

@@ -18,12 +18,22 @@
    typeset labels with ``MathJax.Hub.Queue`` (MathJax 2), which MathJax 3 lacks.
 7. The ``companion-api`` directive (used in ``book/api.rst``): one section with ``automodule`` per module
    of ``companion/`` that exists at build time, so the API page follows the package as it grows.
+8. Cell timings: myst-nb's inline executor records none; :func:`record_cell_timings` turns nbclient's
+   ``record_timing`` on, so the executed notebooks in ``_build/jupyter_execute`` carry each cell's
+   start and end (tests/test_chapters.py checks with them that no cell runs silently for long).
+9. Every build executes every chapter: Sphinx re-reads only sources whose files changed, but a chapter's
+   results also depend on the package it imports, so :func:`reread_chapters` marks every notebook
+   outdated.
+10. Student notebooks: every chapter is also written without its solutions to ``student/<chapter>.ipynb``
+   in the HTML output, and each chapter's download menu links it. In the student edition the page's own
+   ``.ipynb`` download is that notebook too.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -191,15 +201,109 @@ MATHJAX2_SHIM = """document.addEventListener("DOMContentLoaded", function () {
 });"""
 
 
+def reread_chapters(app: Sphinx, env: Any, added: set[str], changed: set[str],
+                    removed: set[str]) -> list[str]:
+    """Every notebook, so that each build executes every chapter (``env-get-outdated``)."""
+    return sorted(chapter_docnames(app))
+
+
+def record_cell_timings() -> None:
+    """Make myst-nb's inline notebook client record per-cell timings (it passes ``record_timing=False``).
+
+    Only while a cell executes: the client's ``{eval}`` requests run a throw-away cell that has no timing
+    record to write to.
+    """
+    from myst_nb.core.execute import inline
+    from nbclient.util import run_sync
+
+    client = inline.ModifiedNotebookClient
+    if getattr(client, "companion_timed", False):
+        return
+
+    class TimedNotebookClient(client):
+        companion_timed = True
+
+        async def async_execute_cell(self, *args: Any, **kwargs: Any) -> Any:
+            self.record_timing = True
+            try:
+                return await super().async_execute_cell(*args, **kwargs)
+            finally:
+                self.record_timing = False
+
+        execute_cell = run_sync(async_execute_cell)
+
+    inline.ModifiedNotebookClient = TimedNotebookClient
+
+
+STUDENT_DIR = "student"
+SOLUTION_OPENERS = (":::{solution}", "::::{solution}", "```{solution}", "````{solution}")
+
+
+def is_solution_cell(cell: Any) -> bool:
+    """A markdown cell that opens a ``{solution}`` block, or any cell tagged ``solution``."""
+    if "solution" in cell.get("metadata", {}).get("tags", []):
+        return True
+    opens_solution = cell.get("source", "").lstrip().startswith(SOLUTION_OPENERS)
+    return cell.get("cell_type") == "markdown" and opens_solution
+
+
+def student_notebook(notebook: Any) -> Any:
+    """A copy of ``notebook`` without its solution cells."""
+    import copy
+
+    student = copy.deepcopy(notebook)
+    student.cells = [cell for cell in student.cells if not is_solution_cell(cell)]
+    return student
+
+
+def chapter_docnames(app: Sphinx) -> list[str]:
+    return [name for name in app.env.found_docs if app.env.doc2path(name).endswith(".ipynb")]
+
+
+def write_student_notebooks(app: Sphinx, exception: Exception | None) -> None:
+    """``student/<chapter>.ipynb`` for every chapter; in the student edition also the page's own source."""
+    import nbformat
+
+    if exception is not None or app.builder.format != "html":
+        return
+    for docname in chapter_docnames(app):
+        notebook = student_notebook(nbformat.read(app.env.doc2path(docname), as_version=4))
+        target = Path(app.outdir) / STUDENT_DIR / f"{Path(docname).name}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, target)
+        source = Path(app.outdir) / "_sources" / f"{docname}.ipynb"
+        if app.config.hide_solutions and source.exists():
+            shutil.copyfile(target, source)
+
+
+def link_student_notebook(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
+                          doctree: Any) -> None:
+    """Add "student .ipynb" (no solutions) to a chapter's download menu."""
+    if not context.get("ipynb_source"):
+        return
+    for button in context.get("header_buttons", []):
+        if button.get("label") == "download-buttons":
+            button["buttons"].insert(1, {
+                "type": "link", "text": "student .ipynb", "icon": "fas fa-user-graduate",
+                "url": context["pathto"](f"{STUDENT_DIR}/{Path(pagename).name}.ipynb", 1),
+                "tooltip": "Download the notebook without solutions", "label": "download-student-button",
+            })
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")  # its events are connected below
     os.environ[BOOK_BUILD_ENV] = "1"
     quiet_kernels(Path(app.outdir).parent)
+    record_cell_timings()
     app.connect("config-inited", choose_edition)
     app.connect("build-finished", report_execution_times)
     app.connect("html-page-context", drop_duplicate_scripts)
+    app.connect("html-page-context", link_student_notebook, priority=600)  # after the theme's buttons
+    app.connect("build-finished", write_student_notebooks)
+    app.connect("env-get-outdated", reread_chapters)
     app.connect("autodoc-process-docstring", separate_dedents)
     app.connect("autodoc-process-docstring", escape_bars)
     app.add_js_file(None, body=MATHJAX2_SHIM, priority=100)
+    app.add_css_file("companion.css")
     app.add_directive("companion-api", CompanionApi)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,218 @@
+"""The chapters as a reader meets them: their sources (fast, no execution) and their executed form.
+
+Source checks: every number in the prose ({eval}) is computed above it by a cell that runs, solutions are
+collapsible and follow their exercise, code fits the 80-column code column.
+
+Executed checks read the notebooks the book build executed once (``_build/jupyter_execute``, see
+tests/book_build.py), so CI runs each chapter once: no error and nothing on stderr in any cell, every
+``# NBVAL_CHECK_OUTPUT`` cell prints what the stored notebook shows (after tests/nbval_sanitize.cfg), and
+no cell runs silently for long (time not covered by a progress line). ``pytest --nbval-lax book/chNN.ipynb``
+still runs one chapter cell by cell without the book.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import configparser
+import re
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+import pytest
+from book_build import EXECUTED_DIR, ROOT
+
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+EVAL_ROLE = re.compile(r"\{eval\}`([^`]+)`")
+SILENT_SECONDS = 6.0  # a cell may run this long without a progress line (generous: CI is a shared box)
+PROGRESS_KEY = "companion_progress"  # companion.notebook.PROGRESS_METADATA
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sources
+
+
+def python_source(cell: nbformat.NotebookNode) -> str:
+    """The cell's code with IPython magics and shell escapes blanked (they are not Python)."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in cell.source.split("\n"))
+
+
+def defined_names(code: str) -> set[str]:
+    """Names a cell binds at the top level of the notebook's namespace."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def used_names(expression: str) -> set[str]:
+    tree = ast.parse(expression, mode="eval")
+    bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return loaded - bound - set(dir(builtins))
+
+
+def undefined_eval_names(notebook: nbformat.NotebookNode) -> list[str]:
+    """``{eval}`` expressions that use a name no earlier, executed-before-the-prose cell defines."""
+    defined: set[str] = set()
+    problems = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code":
+            if "remove-cell" not in cell.metadata.get("tags", []):  # removed cells run too late (inline mode)
+                defined |= defined_names(python_source(cell))
+            continue
+        for expression in EVAL_ROLE.findall(cell.source):
+            missing = used_names(expression) - defined
+            if missing:
+                problems.append(f"cell {index}: {{eval}}`{expression}` uses {sorted(missing)}, "
+                                "not defined above")
+    return problems
+
+
+def solution_problems(notebook: nbformat.NotebookNode) -> list[str]:
+    """Solutions open their own markdown cell, are dropdowns, and follow the exercise they answer."""
+    problems, exercises = [], set()
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "markdown":
+            continue
+        exercises |= set(re.findall(r"\{exercise\}[^\n]*\n:label:\s*(\S+)", cell.source))
+        for match in re.finditer(r"^(:{3,}|`{3,})\{solution\}\s*(\S+)", cell.source, re.M):
+            label = match.group(2)
+            if match.start() != len(cell.source) - len(cell.source.lstrip()):
+                problems.append(f"cell {index}: the solution to {label} must start its own markdown cell")
+            if ":class: dropdown" not in cell.source[match.end():].split("\n:::", 1)[0]:
+                problems.append(f"cell {index}: the solution to {label} needs ':class: dropdown'")
+            if label not in exercises:
+                problems.append(f"cell {index}: solution to {label}, but no exercise {label} above it")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_number_in_the_prose_is_computed_above_it(path: Path):
+    assert undefined_eval_names(read(path)) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_solutions_are_collapsed_and_follow_their_exercise(path: Path):
+    assert solution_problems(read(path)) == []
+
+
+def test_source_checks_catch_what_they_guard():
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("Too early: {eval}`f'{late:.2f}'`."),
+        nbformat.v4.new_code_cell("late = 1.0\nfor k in range(2):\n    pass"),
+        nbformat.v4.new_code_cell("hidden = 2", metadata={"tags": ["remove-cell"]}),
+        nbformat.v4.new_markdown_cell("Fine {eval}`late + k`, removed {eval}`hidden`, "
+                                      "built-in {eval}`len([1])`"),
+        nbformat.v4.new_markdown_cell(":::{exercise}\n:label: ch-a\n\nDo.\n:::"),
+        nbformat.v4.new_markdown_cell(":::{solution} ch-a\n:class: dropdown\n\nDone.\n:::"),
+        nbformat.v4.new_markdown_cell("Text\n\n:::{solution} ch-a\n\nOpen.\n:::"),
+        nbformat.v4.new_markdown_cell(":::{solution} ch-b\n:class: dropdown\n\nNo exercise.\n:::"),
+    ]
+    assert undefined_eval_names(notebook) == [
+        "cell 0: {eval}`f'{late:.2f}'` uses ['late'], not defined above",
+        "cell 3: {eval}`hidden` uses ['hidden'], not defined above",
+    ]
+    assert solution_problems(notebook) == [
+        "cell 6: the solution to ch-a must start its own markdown cell",
+        "cell 6: the solution to ch-a needs ':class: dropdown'",
+        "cell 7: solution to ch-b, but no exercise ch-b above it",
+    ]
+
+
+def test_chapter_code_fits_the_code_column():
+    """ruff with book/ruff.toml: 80 characters a line, and the project's other rules."""
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run([str(ruff), "check", "--no-cache", *map(str, NOTEBOOKS)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the chapters as the book build executed them
+
+
+def sanitizers() -> list[tuple[re.Pattern[str], str]]:
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(ROOT / "tests" / "nbval_sanitize.cfg")
+    return [(re.compile(config[s]["regex"]), config[s]["replace"]) for s in config.sections()]
+
+
+def printed_text(outputs: list) -> str:
+    """What a cell printed, as nbval compares it: streams and the plain text of results, sanitized."""
+    parts = []
+    for output in outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("execute_result", "display_data") and "text/plain" in output.data:
+            parts.append(output.data["text/plain"])
+    text = "".join(parts)
+    for pattern, replacement in sanitizers():
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def executed(path: Path) -> nbformat.NotebookNode:
+    executed_path = EXECUTED_DIR / path.name
+    assert executed_path.exists(), f"the build did not write {executed_path}"
+    return read(executed_path)
+
+
+def cell_seconds(cell: nbformat.NotebookNode) -> float | None:
+    timing = cell.metadata.get("execution", {})
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (start and end):
+        return None
+    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
+            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def progress_seconds(cell: nbformat.NotebookNode) -> float:
+    outputs = cell.get("outputs", [])
+    return sum(o.get("metadata", {}).get(PROGRESS_KEY, {}).get("seconds", 0.0) for o in outputs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_fails_or_writes_to_stderr(built_book, path: Path):
+    problems = []
+    for index, cell in enumerate(executed(path).cells):
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                problems.append(f"cell {index}: {output.ename}: {output.evalue}")
+            elif output.output_type == "stream" and output.name == "stderr":
+                problems.append(f"cell {index} wrote to stderr: {output.text[:200]!r}")
+    assert problems == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_checked_cells_print_what_the_stored_notebook_shows(built_book, path: Path):
+    stored = {c.id: c for c in read(path).cells if c.cell_type == "code" and CHECK_MARK in c.source}
+    assert stored, f"{path.name} has no {CHECK_MARK} cell"
+    fresh = {cell.id: cell for cell in executed(path).cells if cell.id in stored}
+    for cell_id, cell in stored.items():
+        assert printed_text(fresh[cell_id].outputs) == printed_text(cell.outputs), \
+            f"{path.name}, cell {cell_id}:\n{cell.source[:300]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_runs_silently_for_long(built_book, path: Path):
+    cells = executed(path).cells
+    timed = [(i, cell_seconds(c)) for i, c in enumerate(cells) if c.cell_type == "code"]
+    assert all(seconds is not None for _, seconds in timed), "the build recorded no cell timings"
+    silent = {i: round(seconds - progress_seconds(cells[i]), 1) for i, seconds in timed}
+    assert {i: s for i, s in silent.items() if s > SILENT_SECONDS} == {}, \
+        "cells that run this many seconds without a progress line (cp.notebook.progress)"
