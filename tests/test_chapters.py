@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
 from book_build import EXECUTED_DIR, ROOT
 
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))

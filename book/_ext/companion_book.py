@@ -279,7 +279,7 @@ def write_student_notebooks(app: Sphinx, exception: Exception | None) -> None:
 def link_student_notebook(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
                           doctree: Any) -> None:
     """Add "student .ipynb" (no solutions) to a chapter's download menu."""
-    if not context.get("ipynb_source"):
+    if context.get("page_source_suffix") != ".ipynb":
         return
     for button in context.get("header_buttons", []):
         if button.get("label") == "download-buttons":
