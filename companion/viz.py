@@ -534,12 +534,12 @@ def _live_control(control: Control) -> Any:
     import ipywidgets as widgets
 
     options = [(label, i) for i, label in enumerate(control.labels)]
-    shown = {"description": control.name, "style": {"description_width": "initial"},
-             "layout": widgets.Layout(width="auto", margin="0 1.5em 0 0")}  # never cut the name
-    if control.kind == "slider":
+    named = {"description": control.name, "style": {"description_width": "initial"}}  # never cut the name
+    if control.kind == "slider":  # a slider needs room for its track; a drop-down takes what its labels need
         return widgets.SelectionSlider(options=options, value=control.default, continuous_update=False,
-                                       **shown)
-    return widgets.Dropdown(options=options, value=control.default, **shown)
+                                       layout=widgets.Layout(width="22em", margin="0 1.5em 0 0"), **named)
+    return widgets.Dropdown(options=options, value=control.default,
+                            layout=widgets.Layout(width="auto", margin="0 1.5em 0 0"), **named)
 
 
 def _control_html(position: int, control: Control) -> str:
