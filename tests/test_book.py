@@ -169,16 +169,17 @@ def test_api_modules_follow_the_package():
     assert modules[: len(present)] == present
 
 
-@pytest.mark.parametrize(("value", "hidden"),
-                         [(None, False), ("full", False), ("student", True), ("Student", True)])
-def test_edition_switch(monkeypatch, value, hidden):
+@pytest.mark.parametrize(("value", "edition", "hidden"),
+                         [(None, "full", False), ("full", "full", False), ("student", "student", True),
+                          ("Student", "student", True), ("instructor", "instructor", False)])
+def test_edition_switch(monkeypatch, value, edition, hidden):
     if value is None:
         monkeypatch.delenv(companion_book.EDITION_ENV, raising=False)
     else:
         monkeypatch.setenv(companion_book.EDITION_ENV, value)
     config = SimpleNamespace(hide_solutions=False)
     companion_book.choose_edition(None, config)
-    assert config.hide_solutions is hidden
+    assert config.hide_solutions is hidden and config.companion_edition == edition
 
 
 def test_unknown_edition_is_an_error(monkeypatch):
@@ -189,8 +190,9 @@ def test_unknown_edition_is_an_error(monkeypatch):
         companion_book.choose_edition(None, SimpleNamespace(hide_solutions=False))
 
 
-def test_student_edition_hides_solutions_in_a_real_build(tmp_path):
-    """A two-directive Sphinx project built with the book's extension, in both editions (with -W)."""
+def test_editions_in_a_real_build(tmp_path):
+    """A small Sphinx project built with the book's extension, in the three editions (with -W): solutions
+    collapsed (full), absent (student) or open (instructor); instructor notes only for instructors."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "conf.py").write_text(
@@ -200,7 +202,8 @@ def test_student_edition_hides_solutions_in_a_real_build(tmp_path):
     )
     (source / "index.md").write_text(
         "# Page\n\n:::{exercise}\n:label: ex1\n\nCompute $A_i$.\n:::\n\n"
-        ":::{solution} ex1\n\nTHE-SOLUTION-TEXT\n:::\n"
+        ":::{solution} ex1\n:class: dropdown\n\nTHE-SOLUTION-TEXT\n:::\n\n"
+        ":::{admonition} Teaching this page\n:class: instructor-note\n\nTHE-INSTRUCTOR-NOTE\n:::\n"
     )
 
     def build(edition: str) -> str:
@@ -211,9 +214,29 @@ def test_student_edition_hides_solutions_in_a_real_build(tmp_path):
         assert result.returncode == 0, result.stderr
         return (out / "index.html").read_text()
 
-    full, student = build("full"), build("student")
-    assert "THE-SOLUTION-TEXT" in full and "Compute" in full
+    full, student, instructor = build("full"), build("student"), build("instructor")
+    assert "THE-SOLUTION-TEXT" in full and "Compute" in full and "THE-INSTRUCTOR-NOTE" not in full
     assert "THE-SOLUTION-TEXT" not in student and "Compute" in student
+    assert "THE-INSTRUCTOR-NOTE" not in student
+    assert "THE-SOLUTION-TEXT" in instructor and "THE-INSTRUCTOR-NOTE" in instructor
+
+    def solution_classes(page: str) -> str:
+        return re.search(r'<div class="([^"]*solution[^"]*)"', page).group(1)
+
+    assert "dropdown" in solution_classes(full) and "dropdown" not in solution_classes(instructor)
+
+
+def test_student_notebooks_leave_out_solutions_and_instructor_notes():
+    cells = [nbformat.v4.new_markdown_cell(":::{exercise}\n:label: e\n\nDo.\n:::"),
+             nbformat.v4.new_code_cell("answer = None"),
+             nbformat.v4.new_markdown_cell(":::{solution} e\n:class: dropdown\n\nDone.\n:::"),
+             nbformat.v4.new_markdown_cell(":::{admonition} Timing\n:class: instructor-note\n\n5 min.\n:::"),
+             nbformat.v4.new_markdown_cell(":::{admonition} A note for everyone\n\nText.\n:::"),
+             nbformat.v4.new_code_cell("print(1)", metadata={"tags": ["solution"]})]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    student = companion_book.student_notebook(notebook)
+    assert [c.source[:12] for c in student.cells] == [":::{exercise", "answer = Non", ":::{admoniti"]
+    assert "everyone" in student.cells[2].source and len(notebook.cells) == 6
 
 
 def test_plain_text_docstrings_become_valid_rst():

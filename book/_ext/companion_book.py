@@ -4,7 +4,9 @@
    process's environment, which the kernels myst-nb starts inherit, so ``companion.viz.explorer``
    renders its static, kernel-free form.
    Their IPython profile logs errors only (see :func:`quiet_kernels`).
-2. The student edition: ``COMPANION_EDITION=student`` sets sphinx-exercise's ``hide_solutions``.
+2. Editions (``COMPANION_EDITION``): ``full`` (the default: solutions collapsed, no instructor notes),
+   ``student`` (no solutions: sphinx-exercise's ``hide_solutions``; no instructor notes) and ``instructor``
+   (solutions open, and the ``:class: instructor-note`` admonitions: timing, misconceptions).
 3. After the build, prints how long each notebook took to execute (myst-nb's execution records).
 4. Removes duplicated inline scripts from each page: Sphinx 7.4 registers an inline script added after
    the builder starts twice (once with filename ``None``, once with ``''``), and sphinx-thebe's
@@ -24,7 +26,10 @@
 9. Every build executes every chapter: Sphinx re-reads only sources whose files changed, but a chapter's
    results also depend on the package it imports, so :func:`reread_chapters` marks every notebook
    outdated.
-10. Student notebooks: every chapter is also written without its solutions to ``student/<chapter>.ipynb``
+10. Slides: the values of the prose's ``{eval}`` expressions are recorded in the executed notebook's
+    metadata (``companion_evals``), and after the build ``slides.py`` writes one reveal.js deck per chapter
+    that marks slide cells, to ``slides/<chapter>.html``; each chapter's header links its deck.
+11. Student notebooks: every chapter is also written without its solutions to ``student/<chapter>.ipynb``
    in the HTML output, and each chapter's download menu links it. In the student edition the page's own
    ``.ipynb`` download is that notebook too.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +54,36 @@ from sphinx.util.nodes import nested_parse_with_titles
 
 BOOK_BUILD_ENV = "COMPANION_BOOK_BUILD"  # same name as companion.viz.BOOK_BUILD_ENV
 EDITION_ENV = "COMPANION_EDITION"
-EDITIONS = ("full", "student")
+EDITIONS = ("full", "student", "instructor")
+INSTRUCTOR_NOTE = "instructor-note"
 
 logger = logging.getLogger(__name__)
 
 
 def choose_edition(app: Sphinx, config: Config) -> None:
-    """Hide the solutions in the student edition; the full edition (the default) shows them."""
+    """Read ``COMPANION_EDITION``; the student edition hides the solutions."""
     edition = os.environ.get(EDITION_ENV, "full").strip().lower() or "full"
     if edition not in EDITIONS:
         raise ConfigError(f"{EDITION_ENV} must be one of {EDITIONS}, got {edition!r}")
+    config.companion_edition = edition  # a config value: changing the edition re-reads every page
     if edition == "student":
         config.hide_solutions = True
-    shown = "hidden" if config.hide_solutions else "shown"
-    logger.info(f"[companion] edition: {edition} (solutions {shown})")
+    shown = "hidden" if config.hide_solutions else "open" if edition == "instructor" else "shown"
+    notes = "shown" if edition == "instructor" else "hidden"
+    logger.info(f"[companion] edition: {edition} (solutions {shown}, instructor notes {notes})")
+
+
+def apply_edition(app: Sphinx, doctree: nodes.document) -> None:
+    """Instructor notes only in the instructor edition, which also opens the solutions' dropdowns."""
+    from sphinx_exercise.nodes import solution_node
+
+    instructor = app.config.companion_edition == "instructor"
+    for note in list(doctree.findall(nodes.admonition)):
+        if INSTRUCTOR_NOTE in note["classes"] and not instructor:
+            note.parent.remove(note)
+    if instructor:
+        for solution in doctree.findall(solution_node):
+            solution["classes"] = [c for c in solution["classes"] if c != "dropdown"]
 
 
 def execution_rows(app: Sphinx) -> list[tuple[str, float | None, str, bool]]:
@@ -207,11 +229,18 @@ def reread_chapters(app: Sphinx, env: Any, added: set[str], changed: set[str],
     return sorted(chapter_docnames(app))
 
 
-def record_cell_timings() -> None:
-    """Make myst-nb's inline notebook client record per-cell timings (it passes ``record_timing=False``).
+def plain_value(outputs: list[Any]) -> str:
+    """The text an ``{eval}`` shows: the plain-text result, without the quotes of a string's repr."""
+    text = next((o["data"]["text/plain"] for o in outputs if "text/plain" in o.get("data", {})), "")
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
 
-    Only while a cell executes: the client's ``{eval}`` requests run a throw-away cell that has no timing
-    record to write to.
+
+def instrument_inline_execution() -> None:
+    """Two additions to myst-nb's inline executor: per-cell timings (nbclient's ``record_timing``, which
+    myst-nb turns off) and a record of every ``{eval}`` value in the notebook's metadata (for the slides).
+
+    Timings are recorded only while a cell executes: ``{eval}`` requests run a throw-away cell that has no
+    timing record to write to.
     """
     from myst_nb.core.execute import inline
     from nbclient.util import run_sync
@@ -232,27 +261,38 @@ def record_cell_timings() -> None:
 
         execute_cell = run_sync(async_execute_cell)
 
+    evaluate = inline.NotebookClientInline.eval_variable
+
+    def eval_and_record(self: Any, name: str) -> list[Any]:
+        outputs = evaluate(self, name)
+        self.notebook.metadata.setdefault("companion_evals", {})[name] = plain_value(outputs)
+        return outputs
+
     inline.ModifiedNotebookClient = TimedNotebookClient
+    inline.NotebookClientInline.eval_variable = eval_and_record
 
 
 STUDENT_DIR = "student"
 SOLUTION_OPENERS = (":::{solution}", "::::{solution}", "```{solution}", "````{solution}")
 
 
-def is_solution_cell(cell: Any) -> bool:
-    """A markdown cell that opens a ``{solution}`` block, or any cell tagged ``solution``."""
+def is_teachers_cell(cell: Any) -> bool:
+    """A markdown cell that opens a ``{solution}`` block or is an instructor note, or a cell tagged
+    ``solution``: what the student notebooks leave out."""
     if "solution" in cell.get("metadata", {}).get("tags", []):
         return True
-    opens_solution = cell.get("source", "").lstrip().startswith(SOLUTION_OPENERS)
-    return cell.get("cell_type") == "markdown" and opens_solution
+    source = cell.get("source", "").lstrip()
+    header = source.split("\n\n")[0]  # the directive's first line and options
+    note = source.startswith((":::{admonition}", "::::{admonition}")) and INSTRUCTOR_NOTE in header
+    return cell.get("cell_type") == "markdown" and (source.startswith(SOLUTION_OPENERS) or note)
 
 
 def student_notebook(notebook: Any) -> Any:
-    """A copy of ``notebook`` without its solution cells."""
+    """A copy of ``notebook`` without its solutions and instructor notes."""
     import copy
 
     student = copy.deepcopy(notebook)
-    student.cells = [cell for cell in student.cells if not is_solution_cell(cell)]
+    student.cells = [cell for cell in student.cells if not is_teachers_cell(cell)]
     return student
 
 
@@ -276,11 +316,51 @@ def write_student_notebooks(app: Sphinx, exception: Exception | None) -> None:
             shutil.copyfile(target, source)
 
 
-def link_student_notebook(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
-                          doctree: Any) -> None:
-    """Add "student .ipynb" (no solutions) to a chapter's download menu."""
+SLIDES_DIR = "slides"
+
+
+def write_slide_decks(app: Sphinx, exception: Exception | None) -> None:
+    """``slides/<chapter>.html`` for every chapter with slide cells, from its executed notebook."""
+    import nbformat
+
+    import slides
+
+    if exception is not None or app.builder.format != "html":
+        return
+    executed = Path(app.outdir).parent / "jupyter_execute"
+    read = {name: nbformat.read(executed / f"{name}.ipynb", as_version=4) for name in chapter_docnames(app)}
+    notebooks = {name: notebook for name, notebook in read.items() if slides.has_slides(notebook)}
+    cites = {}
+    for bib in getattr(app.config, "bibtex_bibfiles", []) if notebooks else []:
+        cites.update(slides.citations(Path(app.srcdir) / bib))
+    for docname, notebook in notebooks.items():
+        depth = "../" * (docname.count("/") + 1)
+        page = slides.deck_html(slides.chapter_title(notebook), app.config.project, f"{depth}{docname}.html",
+                                slides.slides(notebook, cites), "../_static")
+        target = Path(app.outdir) / SLIDES_DIR / f"{Path(docname).name}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page)
+
+
+def chapter_has_slides(app: Sphinx, docname: str) -> bool:
+    import nbformat
+
+    import slides
+
+    return slides.has_slides(nbformat.read(app.env.doc2path(docname), as_version=4))
+
+
+def link_chapter_extras(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
+                        doctree: Any) -> None:
+    """A chapter's header: "student .ipynb" (no solutions) in the download menu, and its slide deck."""
     if context.get("page_source_suffix") != ".ipynb":
         return
+    if chapter_has_slides(app, pagename):
+        context["header_buttons"].insert(0, {
+            "type": "link", "text": "", "icon": "fas fa-person-chalkboard", "label": "slides-button",
+            "url": context["pathto"](f"{SLIDES_DIR}/{Path(pagename).name}.html", 1),
+            "tooltip": "Slides of this chapter (reveal.js, offline)",
+        })
     for button in context.get("header_buttons", []):
         if button.get("label") == "download-buttons":
             button["buttons"].insert(1, {
@@ -294,16 +374,20 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")  # its events are connected below
     os.environ[BOOK_BUILD_ENV] = "1"
     quiet_kernels(Path(app.outdir).parent)
-    record_cell_timings()
+    instrument_inline_execution()
+    app.add_config_value("companion_edition", "full", "env")
     app.connect("config-inited", choose_edition)
+    app.connect("doctree-read", apply_edition)
     app.connect("build-finished", report_execution_times)
     app.connect("html-page-context", drop_duplicate_scripts)
-    app.connect("html-page-context", link_student_notebook, priority=600)  # after the theme's buttons
+    app.connect("html-page-context", link_chapter_extras, priority=600)  # after the theme's buttons
     app.connect("build-finished", write_student_notebooks)
+    app.connect("build-finished", write_slide_decks)
     app.connect("env-get-outdated", reread_chapters)
     app.connect("autodoc-process-docstring", separate_dedents)
     app.connect("autodoc-process-docstring", escape_bars)
     app.add_js_file(None, body=MATHJAX2_SHIM, priority=100)
     app.add_css_file("companion.css")
+    sys.path.insert(0, str(Path(__file__).parent))  # slides.py, beside this file
     app.add_directive("companion-api", CompanionApi)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
