@@ -342,6 +342,29 @@ def write_slide_decks(app: Sphinx, exception: Exception | None) -> None:
         target.write_text(page)
 
 
+class CompanionDecks(SphinxDirective):
+    """A list of the chapters' slide decks (``slides/<chapter>.html``), for the chapters that have one."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        import html
+
+        import nbformat
+
+        import slides
+
+        app, items = self.env.app, []
+        for docname in sorted(chapter_docnames(app)):
+            notebook = nbformat.read(app.env.doc2path(docname), as_version=4)
+            if slides.has_slides(notebook):
+                href = "../" * self.env.docname.count("/") + f"{SLIDES_DIR}/{Path(docname).name}.html"
+                items.append(f'<li><a href="{href}">{html.escape(slides.chapter_title(notebook))}</a></li>')
+        if not items:
+            return [nodes.paragraph(text="No chapter marks slide cells yet.")]
+        return [nodes.raw("", f'<ul class="deck-list">{"".join(items)}</ul>', format="html")]
+
+
 def chapter_has_slides(app: Sphinx, docname: str) -> bool:
     import nbformat
 
@@ -390,4 +413,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_css_file("companion.css")
     sys.path.insert(0, str(Path(__file__).parent))  # slides.py, beside this file
     app.add_directive("companion-api", CompanionApi)
+    app.add_directive("companion-decks", CompanionDecks)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
