@@ -59,7 +59,9 @@ _METHODS = (
             "suggestion: the report gives no value); the unbiased KL I·D_KL.",
             std_scale=None, sequence_mask="off_policy", mask_threshold=0.5, kl_ratio_weighted=True, **_KL),
     _method("gspo", "GSPO", "zheng2025gspo",
-            "Sequence ratio exp(mean_t log π/π_old) in GSPO-token form, clip 3e-4 / 4e-4, no KL.",
+            "Sequence ratio s_i = exp(mean_t log π/π_old) = (π_θ(o_i)/π_old(o_i))^(1/|o_i|), as the GSPO "
+            "paper defines it (Table 1 prints it without the 1/|o_i| exponent), in GSPO-token form; clip "
+            "3e-4 / 4e-4 (the GSPO paper's values, not the hidden-biases paper's); no KL.",
             ratio_level="sequence", clip_low=3e-4, clip_high=4e-4),
     _method("gtpo", "GTPO", "simoni2025gtpo",
             "No σ, no KL. λ = 2 on conflict tokens of positive completions, 0 on those of negative ones; "
@@ -71,8 +73,10 @@ _METHODS = (
             "choice, outside the objective).",
             aggregation="token_mean", clip_high=0.28),
     _method("cppo", "CPPO", "lin2025cppo",
-            "GRPO (R1) keeping only completions with |A_i| > γ = 0.5 (the authors' code prunes a fixed "
-            "fraction with the smallest |A| instead).",
+            "GRPO (R1) keeping only completions with |A_i|/σ(r) > γ = 0.5: γ acts on the σ-scaled "
+            "advantage (r_i − mean)/(σ + 1e-4), GRPO's normalised advantage, which CPPO prunes on (Table 1's "
+            "1{|A_i| > γ} reads as if on the centred A_i; the two differ by the factor σ). The authors' code "
+            "prunes a fixed fraction of the completions with the smallest scaled |A| instead of a threshold.",
             adv_threshold=0.5, **_KL),
     _method("dr_grpo", "Dr GRPO", "liu2025drgrpo",
             "Constant α = 1/G: no length and no σ normalisation; clip 0.2, k3 KL as Table 1 lists it.",
@@ -88,8 +92,12 @@ _METHODS = (
             surrogate="is_weighted_log_prob", aggregation="token_mean", is_weight_high=5.0,
             clip_low=None, clip_high=None),
     _method("gcpo", "GCPO", "wu2025gcpo",
-            "The exact sequence ratio π_θ(o_i|x)/π_old(o_i|x) carried to every token (gradient s_i ∇log π), "
-            "constant α = 1/(σG), clip 0.2, no KL.",
+            "The exact sequence ratio s_i = π_θ(o_i|x)/π_old(o_i|x) carried to every token in stop-gradient "
+            "form, sg[s_i]·π_θ/sg[π_θ]: the loss has the value of Table 1's row, Σ_t s_i A_i/(σG), but the "
+            "gradient s_i A_i ∇log π_θ(o_i|x)/(σG), 1/|o_i| of that row's gradient. That is the gradient of "
+            "one clipped term s_i A_i/(σG) per completion, GCPO's sequence-level importance weighting; the "
+            "literal row would weight each completion's gradient by |o_i|. Constant α = 1/(σG), clip 0.2, "
+            "no KL.",
             ratio_level="sequence_exact", aggregation="seq_mean_token_sum"),
     _method("ppo", "PPO", "schulman2017ppo",
             "The clipped surrogate without groups: A_i = r_i − batch mean, token-level weights, clip 0.2.",
@@ -150,8 +158,9 @@ def alpha_text(obj: Objective) -> str:
     text = " ".join(factors) or "1"
     if denominator:
         text += "/" + (denominator[0] if len(denominator) == 1 else f"({'·'.join(denominator)})")
-    if obj.adv_threshold is not None:
-        text += f" · 1{{|A_i| > {obj.adv_threshold:g}}}"
+    if obj.adv_threshold is not None:  # CPPO's γ acts on the advantage after the division by σ
+        scaled = "|A_i|" if not sigma else f"|A_i|/{sigma}"
+        text += f" · 1{{{scaled} > {obj.adv_threshold:g}}}"
     return text
 
 

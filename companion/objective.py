@@ -62,10 +62,14 @@ class Objective:
             ``std_correction`` (1 = Bessel) and ``std_eps`` added to σ. A tied group gives 0, never NaN.
         gpg_alpha: GPG's α̂ = N / #{...}: "nonzero_reward" (verl) or "nonzero_advantage" (the GPG paper:
             completions outside tied groups). Applied to the advantages, where the rewards are known.
-        adv_threshold: CPPO's γ: completions with |A_i| ≤ γ get α = 0 (Table 1's 1{|A_i| > γ}).
+        adv_threshold: CPPO's γ: completions with |A_i| ≤ γ get α = 0 (Table 1's 1{|A_i| > γ}), A_i being
+            the advantage this objective computes, i.e. after the division by σ when ``std_scale`` is set
+            (CPPO prunes on GRPO's σ-scaled advantage).
     Ratio s (Eq. 3):
         ratio_level: "token" π/π_old; "sequence" GSPO's exp(mean_t log π/π_old), carried to each token as
             sg[s_i]·π_θ/sg[π_θ]; "sequence_exact" GCPO's π_θ(o_i|x)/π_old(o_i|x), carried the same way.
+            Either way the gradient of Σ_t α s A is Σ_t α s_i A ∇log π(y_{i,t}), not Σ_t α A ∇s_i: for GCPO's
+            constant α, 1/|o_i| of the latter (``companion.methods`` says which reading is whose).
         max_log_ratio: log-ratios above this are lowered to it before exp, so s never overflows; the gradient
             passes straight through (a token beyond it gets the gradient of s = e^max_log_ratio). Below
             −max_log_ratio nothing is needed: exp underflows to 0.

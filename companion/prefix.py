@@ -1,12 +1,14 @@
 """Shared prefixes (Prop. 1, App. B): the trie of a group's completions and W_agg at every node.
 
 Eq. 15 gives every sampled token y_{i,t} the gradient A_i ω_{i,t} ∇log π(y_{i,t} | x, y_{i,<t}), ω = α·s.
-Completions of a group that agree on their first t+1 tokens pass through the same trie node, and there the
-same term ∇log π(y_t | prefix) appears once per completion, so the node receives (Eq. 16–18)
+Completions of a group that agree on their first t+1 tokens pass through the same trie node. App. B.2
+splits Eq. 15 into these shared tokens and the rest (Eq. 16); on a shared token ∇log π(y_t | prefix) is the
+same for every completion (Eq. 17), so with ω_{i,t} := α_{i,t} s_{i,t} (Eq. 18) the node receives
 
-    W_agg(node) ∇log π(y_t | prefix),   W_agg(node) = Σ_{i through the node} ω_{i,t} A_i.
+    W_agg(node) ∇log π(y_t | prefix),   W_agg(node) = Σ_{i through the node} ω_{i,t} A_i
 
-With constant ω and the whole group through the node, W_agg = C Σ_i A_i = 0; with ω ∝ 1/|o_i| it is not::
+(the paper's displays after Eq. 18 are unnumbered). With constant ω and the whole group through the node,
+W_agg = C Σ_i A_i = 0 (App. B.2, Case 1); with ω ∝ 1/|o_i| it is not (Case 2, the W_agg of Prop. 1)::
 
     out = obj.loss(logprobs, old, adv, mask)
     nodes = cp.prefix.trie(tokens, mask, out.weights, adv, group_size=8)
@@ -30,8 +32,8 @@ class Node:
     depth: int  # t: the node holds token y_t, reached after the prefix y_<t
     prefix: tuple[int, ...]
     members: tuple[int, ...]  # row indices of the completions through the node
-    w_agg: float  # Σ_{i ∈ members} ω_{i,t} A_i (Eq. 18)
-    advantage_sum: float  # Σ_{i ∈ members} A_i (Eq. 17: W_agg = C · this for constant ω)
+    w_agg: float  # Σ_{i ∈ members} ω_{i,t} A_i (App. B.2, Case 2)
+    advantage_sum: float  # Σ_{i ∈ members} A_i (App. B.2, Case 1: W_agg = C · this, constant ω)
     group_size: int
 
     @property

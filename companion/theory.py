@@ -6,8 +6,8 @@ so m_{T+k} = β1^{k+1} m_{T−1} and v_{T+k} = β2^{k+1} v_{T−1}. With Adam's 
 
 - `momentum_ratio`   m̂_{T+k} / m̂_{T−1}  = β1^{k+1} (1 − β1^{T−1}) / (1 − β1^{T+k})            (exact)
 - `sqrt_v_hat_ratio` √v̂_{T+k} / √v̂_{T−1} = √[β2^{k+1} (1 − β2^{T−1}) / (1 − β2^{T+k})]        (exact)
-- `c_tk`             C_{T,k} = ‖u_{T+k}‖ / ‖u_{T−1}‖ = momentum_ratio / sqrt_v_hat_ratio       (Eq. 36)
-- `c_t`              C_T = C_{T,0}                                                         (Eq. 32)
+- `c_tk`             C_{T,k} = ‖u_{T+k}‖ / ‖u_{T−1}‖ (Eq. 35) = momentum_ratio / sqrt_v_hat_ratio (Eq. 36)
+- `c_t`              C_T = ‖u_T‖ / ‖u_{T−1}‖ (Eq. 31) = C_{T,0}, in closed form               (Eq. 32)
 
 These hold *exactly* (not just approximately, as the paper's "≈" suggests) when ε = 0, for any history of
 m and v before T: every coordinate is scaled by the same factor. With ε > 0 the exact ratio is
@@ -48,13 +48,16 @@ def sqrt_v_hat_ratio(beta2: float, T: int, k: int = 0) -> float:
 
 
 def c_tk(beta1: float, beta2: float, T: int, k: int) -> float:
-    """Eq. 36: C_{T,k} = ‖u_{T+k}‖ / ‖u_{T−1}‖; exact for ε = 0."""
+    """C_{T,k} = ‖u_{T+k}‖ / ‖u_{T−1}‖ (defined in Eq. 35) in the closed form of Eq. 36; exact for ε = 0."""
     _check_betas(beta1, beta2)
     return momentum_ratio(beta1, T, k) / sqrt_v_hat_ratio(beta2, T, k)
 
 
 def c_t(beta1: float, beta2: float, T: int) -> float:
-    """Eq. 32: C_T = ‖u_T‖ / ‖u_{T−1}‖ = [β1 (1−β1^{T−1})/(1−β1^T)] · √[(1−β2^T) / (β2 (1−β2^{T−1}))]."""
+    """C_T = ‖u_T‖ / ‖u_{T−1}‖ (Eq. 31) in the closed form of Eq. 32,
+
+    [β1 (1−β1^{T−1})/(1−β1^T)] · √[(1−β2^T) / (β2 (1−β2^{T−1}))].
+    """
     return c_tk(beta1, beta2, T, 0)
 
 
@@ -143,8 +146,9 @@ def eps_ratio(optimizer: torch.optim.Optimizer, phi: float = 1.0) -> torch.Tenso
     """Prop 2's threshold ε/(φ√v̂), per coordinate (float64), flattened over all parameters with Adam state.
 
     If the rewards (hence advantages and gradients, at β = 0) were scaled by φ, the Adam step would be
-    m̂ / (√v̂ (1 + ε/(φ√v̂))) (Eq. 27): it is invariant to φ where this ratio is ≪ 1. Coordinates with v̂ = 0
-    give +inf (ε dominates completely); with ε = 0 and v̂ = 0 the ratio is NaN (0/0), as the step is.
+    m̂ / (√v̂ (1 + ε/(φ√v̂))) (App. C, the unnumbered step before Eq. 27): invariant to φ where this ratio
+    is ≪ 1 (Eq. 27 is its limit). Coordinates with v̂ = 0 give +inf (ε dominates completely); with ε = 0
+    and v̂ = 0 the ratio is NaN (0/0), as the step is.
     """
     if not phi > 0:
         raise ValueError(f"phi must be > 0, got {phi}")
@@ -153,5 +157,5 @@ def eps_ratio(optimizer: torch.optim.Optimizer, phi: float = 1.0) -> torch.Tenso
 
 
 def step_shrink_factor(ratio: torch.Tensor | float) -> torch.Tensor | float:
-    """1 / (1 + ε/(φ√v̂)): the factor by which ε shrinks the ε = 0 Adam step (Eq. 27)."""
+    """1 / (1 + ε/(φ√v̂)): the factor by which ε shrinks the ε = 0 Adam step (the display before Eq. 27)."""
     return 1 / (1 + ratio)

@@ -229,3 +229,125 @@ def test_ch01_tied_probability():
         check_tied_probability(0.5, 1.5, G)
     with pytest.raises(ValueError, match="group_size"):
         check_tied_probability(0.5, p, 0)
+
+
+# --- The chapters' own exercises: each solution as printed in the book passes its check, each stub fails ---
+import ast  # noqa: E402
+import re  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import nbformat  # noqa: E402
+
+import companion as cp  # noqa: E402
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+
+
+@dataclass
+class Exercise:
+    code: str  # the code cell that follows the exercise (stub answer and check), "" if none
+    solution: str  # the solution's markdown cell
+
+
+def chapter_exercises(name: str) -> dict[str, Exercise]:
+    """label -> the exercise's code cell and its solution cell, read from the stored notebook."""
+    cells = nbformat.read(BOOK / name, as_version=4).cells
+    found: dict[str, Exercise] = {}
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "markdown":
+            continue
+        for label in re.findall(r":::\{exercise\}\n:label: (\S+)", cell.source):
+            following = cells[i + 1] if i + 1 < len(cells) else None
+            code = following.source if following is not None and following.cell_type == "code" else ""
+            found[label] = Exercise(code, "")
+        match = re.match(r":::\{solution\} (\S+)\n:class: dropdown\n", cell.source)
+        if match:
+            assert cell.source.rstrip().endswith(":::") and cell.source.count(":::{") == 1, \
+                f"{match[1]}: a solution has a markdown cell of its own"
+            found[match[1]].solution = cell.source
+    assert all(e.solution for e in found.values()), [k for k, e in found.items() if not e.solution]
+    return found
+
+
+def python_blocks(solution: str) -> str:
+    return "\n".join(re.findall(r"```python\n(.*?)```", solution, flags=re.S))
+
+
+def run_checks(code: str, namespace: dict) -> list:
+    """Run a cell in ``namespace``; return the checks it displays and the value of its last expression."""
+    shown: list = []
+    namespace["display"] = shown.append
+    tree = ast.parse(code)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, "<cell>", "exec"), namespace)
+    if last is not None:
+        shown.append(eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace))
+    return shown
+
+
+def passed(checks: list) -> bool:
+    assert checks and all(hasattr(c, "passed") for c in checks)
+    return all(c.passed for c in checks)
+
+
+def answered(code: str, names: set[str], answer: str) -> str:
+    """The cell with its stub (the top-level statements that define ``names``) replaced by ``answer``."""
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    stub = [node for node in tree.body
+            if {getattr(t, "id", None) for t in getattr(node, "targets", [])} & names
+            or getattr(node, "name", None) in names]
+    assert stub, f"no stub for {names}"
+    first, last = stub[0].lineno - 1, stub[-1].end_lineno
+    assert all(node in stub for node in tree.body if first < node.lineno <= last), "the stub is contiguous"
+    return "\n".join([*lines[:first], answer, *lines[last:]])
+
+
+def test_ch01_solutions_pass_and_stubs_fail():
+    ex = chapter_exercises("ch01_group_rl.ipynb")
+    assert set(ex) == {"ch01-group-advantages", "ch01-leave-one-out", "ch01-clipped-tokens",
+                       "ch01-tied-fraction", "ch01-reuse"}
+    ns = {"torch": torch, "np": np, "cp": cp}
+    clipped = ex["ch01-clipped-tokens"]
+    solutions = {  # label: (the names the stub defines, the answer as the solution prints it)
+        "ch01-group-advantages": ({"group_advantages"}, None),
+        "ch01-leave-one-out": ({"leave_one_out"}, None),
+        "ch01-clipped-tokens": ({"clipped"}, "clipped = " + re.search(r"`(\[[^`]*\])`", clipped.solution)[1]),
+        "ch01-tied-fraction": ({"tied_probability"}, None),
+    }
+    for label, (names, answer) in solutions.items():
+        code = ex[label].code
+        assert not passed(run_checks(code, dict(ns))), f"{label}: the stub passes"
+        answer = answer or python_blocks(ex[label].solution)
+        assert passed(run_checks(answered(code, names, answer), ns)), f"{label}: the solution fails"
+    assert not ex["ch01-reuse"].code  # answered by a training run and words: no check
+
+
+def test_ch02_solutions_pass_and_stubs_fail():
+    ex = chapter_exercises("ch02_one_objective.ipynb")
+    assert set(ex) == {"ch02-weights", "ch02-omega", "ch02-verl", "ch02-scale"}
+    ns = {"torch": torch, "np": np, "cp": cp}
+    weights, omega, verl = ex["ch02-weights"], ex["ch02-omega"], ex["ch02-verl"]
+    # the first two solutions give their answers in prose
+    assert "(1/8, 1/16, 1/24, 1/32)" in weights.solution and "1/4$ for every token" in weights.solution
+    assert "1/20$" in weights.solution
+    assert re.search(r"\n`grpo_r1` and `gspo`\. ", omega.solution)
+    solutions = {
+        "ch02-weights": ({"alpha_grpo", "alpha_dr_grpo", "alpha_dapo"},
+                         "alpha_grpo = [1 / 8, 1 / 16, 1 / 24, 1 / 32]\n"
+                         "alpha_dr_grpo = [1 / 4] * 4\nalpha_dapo = [1 / 20] * 4"),
+        "ch02-omega": ({"constant_omega"}, 'constant_omega = {"grpo_r1", "gspo"}'),
+        "ch02-verl": ({"verl_config"}, python_blocks(verl.solution)),
+    }
+    for label, (names, answer) in solutions.items():
+        code = ex[label].code
+        assert not passed(run_checks(code, dict(ns))), f"{label}: the stub passes"
+        assert passed(run_checks(answered(code, names, answer), ns)), f"{label}: the solution fails"
+    # the TRL half of the verl solution, as its prose gives it
+    trl = dict(loss_type="dr_grpo", scale_rewards="none", beta=0.04, use_bias_correction_kl=False,
+               max_completion_length=1)
+    for key, value in trl.items():
+        assert f"{key}={value!r}".replace("'", '"') in verl.solution, key
+    assert exercises.check_trainer_config("trl", trl).passed
+    assert not ex["ch02-scale"].code  # answered in words: no check

@@ -308,13 +308,26 @@ def test_bad_input_messages_match_torch():
     assert messages[0] == messages[1]
 
 
-def paper_eq5_6_moments(grads: list[float], beta1: float, beta2: float) -> tuple[float, float]:
-    """Our reading of the paper's Eq. 5-6: the bias-corrected moment is fed back into the recursion."""
-    m_hat = v_hat = 0.0
+def paper_eq5_6_moments(grads: list[float], beta1: float, beta2: float) -> tuple[list[float], list[float]]:
+    """The paper's Eqs. 5-6 as printed, read as a recursion in m_t and v_t themselves (m_0 = v_0 = 0):
+    m_t = β1 m_{t−1}/(1−β1^{t−1}) + (1−β1) g_t/(1−β1^t), and the same for v with β2 and g²."""
+    m, v, ms, vs = 0.0, 0.0, [], []
     for t, g in enumerate(grads, start=1):
-        m_hat = (beta1 * m_hat + (1 - beta1) * g) / (1 - beta1**t)
-        v_hat = (beta2 * v_hat + (1 - beta2) * g * g) / (1 - beta2**t)
-    return m_hat, v_hat
+        m = (beta1 * m / (1 - beta1 ** (t - 1)) if t > 1 else 0.0) + (1 - beta1) * g / (1 - beta1**t)
+        v = (beta2 * v / (1 - beta2 ** (t - 1)) if t > 1 else 0.0) + (1 - beta2) * g * g / (1 - beta2**t)
+        ms.append(m)
+        vs.append(v)
+    return ms, vs
+
+
+def paper_eq5_read_with_standard_moments(grads: list[float], beta1: float) -> list[float]:
+    """The other reading of Eq. 5: m_{t−1}/(1−β1^{t−1}) as the standard corrected moment m̂_{t−1}."""
+    m, out = 0.0, []
+    for t, g in enumerate(grads, start=1):
+        m_hat_before = m / (1 - beta1 ** (t - 1)) if t > 1 else 0.0
+        out.append(beta1 * m_hat_before + (1 - beta1) * g / (1 - beta1**t))
+        m = beta1 * m + (1 - beta1) * g
+    return out
 
 
 def standard_adam_moments(grads: list[float], beta1: float, beta2: float) -> tuple[float, float]:
@@ -329,14 +342,18 @@ def standard_adam_moments(grads: list[float], beta1: float, beta2: float) -> tup
 
 def test_errata_eq5_6_bias_correction_differs_and_library_uses_the_standard_one():
     beta1, beta2, lr = 0.9, 0.95, 1e-2
+    # the numbers book/errata.md quotes: constant gradient 1, standard m̂ = v̂ = 1 at every step
+    for t in range(1, 5):
+        assert standard_adam_moments([1.0] * t, beta1, beta2) == pytest.approx((1.0, 1.0), rel=1e-15)
+    ms, vs = paper_eq5_6_moments([1.0] * 4, beta1, beta2)
+    assert [round(m, 2) for m in ms] == [1.0, 9.53, 45.49, 151.38]
+    assert [round(v) for v in vs] == [1, 20, 190, 1269]
+    assert [round(m / math.sqrt(v), 2) for m, v in zip(ms, vs, strict=True)] == [1.0, 2.16, 3.3, 4.25]
+    assert round(paper_eq5_read_with_standard_moments([1.0] * 2, beta1)[1], 2) == 1.43
+    # the parameter moved by the library and by torch is −lr·m̂/√v̂ (ε = 0) with the *standard* moments
     grads = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
-    paper = paper_eq5_6_moments(grads, beta1, beta2)
     standard = standard_adam_moments(grads, beta1, beta2)
-    # constant gradient 1: the standard m̂ is exactly 1; fed back, the correction compounds (m̂_2 = 1.9/1.9·...)
-    assert standard_adam_moments([1.0] * 4, beta1, beta2)[0] == pytest.approx(1.0, rel=1e-15)
-    assert paper_eq5_6_moments([1.0] * 4, beta1, beta2)[0] > 1.5
-    assert abs(paper[0] - standard[0]) > 0.1 * abs(standard[0])
-    # the parameter moved by the library and by torch is −lr·m̂/(√v̂+ε) with the *standard* moments
+    ms, vs = paper_eq5_6_moments(grads, beta1, beta2)
     for cls in (InstrumentedAdamW, torch.optim.AdamW):
         p = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
         opt = cls([p], lr=lr, betas=(beta1, beta2), eps=0.0, weight_decay=0.0)
@@ -346,7 +363,7 @@ def test_errata_eq5_6_bias_correction_differs_and_library_uses_the_standard_one(
             opt.step()
         last_step = p.item() - before
         assert last_step == pytest.approx(-lr * standard[0] / math.sqrt(standard[1]), rel=1e-12)
-        assert last_step != pytest.approx(-lr * paper[0] / math.sqrt(paper[1]), rel=1e-3)
+        assert last_step != pytest.approx(-lr * ms[-1] / math.sqrt(vs[-1]), rel=1e-3)
 
 
 def test_public_name():
