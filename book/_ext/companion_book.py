@@ -322,7 +322,6 @@ SLIDES_DIR = "slides"
 def write_slide_decks(app: Sphinx, exception: Exception | None) -> None:
     """``slides/<chapter>.html`` for every chapter with slide cells, from its executed notebook."""
     import nbformat
-
     import slides
 
     if exception is not None or app.builder.format != "html":
@@ -351,7 +350,6 @@ class CompanionDecks(SphinxDirective):
         import html
 
         import nbformat
-
         import slides
 
         app, items = self.env.app, []
@@ -367,7 +365,6 @@ class CompanionDecks(SphinxDirective):
 
 def chapter_has_slides(app: Sphinx, docname: str) -> bool:
     import nbformat
-
     import slides
 
     return slides.has_slides(nbformat.read(app.env.doc2path(docname), as_version=4))
