@@ -76,10 +76,12 @@ def test_choose_repository(monkeypatch, url):
     config = SimpleNamespace(html_theme_options=theme_options_from_config())
     companion_book.choose_repository(None, config)
     options = config.html_theme_options
-    assert options["use_repository_button"] is options["use_issues_button"] is bool(url)
+    buttons = ("use_repository_button", "use_issues_button")
     if not url:
         assert "repository_url" not in options and "launch_buttons" not in options
+        assert not any(options.get(key) for key in buttons)
         return
+    assert all(options[key] is True for key in buttons)
     assert options["repository_url"] == url
     assert options["launch_buttons"]["binderhub_url"] == CONFIG["launch_buttons"]["binderhub_url"]
     assert ("colab_url" in options["launch_buttons"]) is url.startswith("https://github.com/")

@@ -199,6 +199,8 @@ MATHJAX2_SHIM = """document.addEventListener("DOMContentLoaded", function () {
 # The repository URL: one setting for the repository, issues and launch buttons and the Colab install cells
 
 REPOSITORY_ENV = "COMPANION_REPOSITORY_URL"
+REPOSITORY_BUTTONS = ("use_repository_button", "use_issues_button", "use_edit_page_button",
+                      "use_source_button")
 REPOSITORY_HOSTS = ("github.com", "gitlab.com", "bitbucket.org")  # the hosts sphinx-book-theme links to
 _REPOSITORY_URL = re.compile(r"^https://(?P<host>[^/\s]+)/(?P<owner>[^/\s]+)/(?P<repo>[^/\s]+?)(?:\.git)?/?$")
 # the Colab install cell of a chapter: %pip install ... "git+<url>"
@@ -234,7 +236,9 @@ def choose_repository(app: Sphinx | None, config: Config) -> None:
     else:
         for key in ("repository_url", "launch_buttons"):
             options.pop(key, None)
-        options.update(use_repository_button=False, use_issues_button=False, use_edit_page_button=False)
+        for key in REPOSITORY_BUTTONS:
+            if key in options:  # only the book theme knows these options: add none
+                options[key] = False
         logger.info(f"[companion] repository: {REPOSITORY_ENV} unset (repository and launch buttons hidden)")
     config.html_theme_options = options
 
