@@ -272,7 +272,7 @@ def check_install_urls(app: Sphinx, env: Any, docnames: list[str]) -> None:
             continue
         others = sorted({u for u in notebook_install_urls(path) if u != url})
         if others:
-            logger.warning(f"{path.name}: the Colab cell installs companion from {', '.join(others)}, but "
+            logger.warning(f"the Colab cell installs companion from {', '.join(others)}, but "
                            f"{REPOSITORY_ENV} is {url}; run: python book/_ext/set_repository_url.py {url}",
                            location=docname)
 
