@@ -374,6 +374,7 @@ class Explorer:
     mode: Literal["auto", "live", "static"] = "auto"
     max_frames: int = 64
     dpi: int = 90
+    alt: str | Callable[..., str] = ""
     _cache: dict[tuple[int, ...], Frame] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -388,6 +389,15 @@ class Explorer:
                 f"explorer: {self.n_frames} combinations exceed max_frames={self.max_frames};"
                 " use fewer values per control or raise max_frames"
             )
+        if isinstance(self.alt, str):
+            try:
+                self.alt.format(**self._chosen_labels(tuple(c.default for c in self.controls)))
+            except (KeyError, IndexError) as error:
+                names = ", ".join("{" + c.name + "}" for c in self.controls)
+                message = f"explorer: alt may name the controls ({names}), got {self.alt!r}"
+                raise ValueError(message) from error
+        elif not callable(self.alt):
+            raise TypeError(f"explorer: alt must be a string or a callable, got {type(self.alt).__name__}")
 
     @property
     def n_frames(self) -> int:
@@ -428,33 +438,45 @@ class Explorer:
         ).hexdigest()[:12]
         default = tuple(c.default for c in self.controls)
         payload = {
-            "frames": {",".join(map(str, k)): {"kind": f.kind, "data": f.data} for k, f in frames.items()},
+            "frames": {",".join(map(str, k)): {"kind": f.kind, "data": f.data, "alt": self.describe(k)}
+                       for k, f in frames.items()},
             "labels": [list(c.labels) for c in self.controls],
             "names": [c.name for c in self.controls],
         }
         data_json = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
         controls_html = "".join(_control_html(i, c) for i, c in enumerate(self.controls))
-        first = frames[default]
-        view = (
-            f'<img class="cpx-frame" style="max-width:100%" alt="{html.escape(self._alt(default))}"'
-            f' src="{first.data}"/>'
-            if first.kind == "png" else f'<div class="cpx-frame">{first.data}</div>'
-        )
+        first, alt = frames[default], html.escape(self.describe(default))
+        if first.kind == "png":
+            view = f'<img class="cpx-frame" style="max-width:100%" alt="{alt}" src="{first.data}"/>'
+        else:
+            view = f'<div class="cpx-frame" role="group" aria-label="{alt}">{first.data}</div>'
         title = f'<div class="cpx-title">{html.escape(self.title)}</div>' if self.title else ""
         return (
             f'<div class="companion-explorer" id="{uid}" data-n-frames="{len(frames)}">{title}'
             f'<div class="cpx-controls" style="display:flex;flex-wrap:wrap;gap:0.5em 1.5em;margin:0.25em 0">'
             f"{controls_html}</div>"
-            f'<div class="cpx-view">{view}</div>'
+            f'<div class="cpx-view" aria-live="polite">{view}</div>'
             f'<script type="application/json" class="cpx-data">{data_json}</script>'
             f"<script>{_SCRIPT.replace('__UID__', uid)}</script>"
             f'<div class="cpx-note" style="font-size:0.8em;opacity:0.7">Pre-computed: {len(frames)} frames.'
             " Run the notebook for the live explorer.</div></div>"
         )
 
-    def _alt(self, indices: Sequence[int]) -> str:
-        chosen = ", ".join(f"{c.name}={c.labels[i]}" for c, i in zip(self.controls, indices, strict=True))
-        return f"{self.title}: {chosen}" if self.title else chosen
+    def describe(self, indices: Sequence[int]) -> str:
+        """The text alternative of one frame (its ``alt``, read by screen readers): the title, then ``alt``
+        (a format string over the controls' labels, or a callable of ``fn``'s arguments), or else the
+        settings ("preset=grpo, rho=0.5")."""
+        chosen = self._chosen_labels(indices)
+        if callable(self.alt):
+            text = str(self.alt(**self.params(indices)))
+        elif self.alt:
+            text = self.alt.format(**chosen)
+        else:
+            text = ", ".join(f"{name}={label}" for name, label in chosen.items())
+        return f"{self.title}: {text}" if self.title else text
+
+    def _chosen_labels(self, indices: Sequence[int]) -> dict[str, str]:
+        return {c.name: c.labels[i] for c, i in zip(self.controls, indices, strict=True)}
 
     # -- live --------------------------------------------------------------------------------------------
     def widget(self) -> Any:
@@ -511,6 +533,7 @@ def explorer(
     mode: Literal["auto", "live", "static"] = "auto",
     max_frames: int = 64,
     dpi: int = 90,
+    alt: str | Callable[..., str] = "",
     **controls: Any,
 ) -> Explorer:
     """Explore ``fn(**params)`` over a small grid of parameter values: live in Jupyter, static in the book.
@@ -518,6 +541,9 @@ def explorer(
     Controls use ipywidgets' abbreviations (see :func:`as_control`); non-control keyword arguments are
     passed to ``fn`` unchanged. Leave the returned object as the last expression of a cell to show it.
     ``mode="auto"`` is live in a kernel unless the book build set ``COMPANION_BOOK_BUILD``.
+    ``alt`` says what a frame shows, for screen readers (the static book's ``<img alt>``): a format string
+    over the controls' labels, ``"Per-token weights of {preset}: short completions weigh most"``, or a
+    callable of ``fn``'s arguments returning the text; by default the frame's settings.
     """
     parsed, fixed = [], {}
     for name, spec in controls.items():
@@ -527,7 +553,7 @@ def explorer(
         else:
             parsed.append(control)
     return Explorer(fn=fn, controls=tuple(parsed), fixed=fixed, title=title, mode=mode, max_frames=max_frames,
-                    dpi=dpi)
+                    dpi=dpi, alt=alt)
 
 
 def _live_control(control: Control) -> Any:
@@ -582,11 +608,10 @@ _SCRIPT = """(function () {
   var inputs = root.querySelectorAll("[data-control]");
   var view = root.querySelector(".cpx-view");
   function update() {
-    var key = [], alt = [];
+    var key = [];
     for (var i = 0; i < inputs.length; i++) {
       var at = parseInt(inputs[i].value, 10);
       key.push(at);
-      alt.push(data.names[i] + "=" + data.labels[i][at]);
       var out = inputs[i].parentNode.querySelector("output");
       if (out) { out.textContent = data.labels[i][at]; }
     }
@@ -598,9 +623,15 @@ _SCRIPT = """(function () {
                   img.style.maxWidth = "100%";
                   view.appendChild(img); }
       img.src = frame.data;
-      img.alt = alt.join(", ");
+      img.alt = frame.alt;
     } else {
-      view.innerHTML = '<div class="cpx-frame">' + frame.data + "</div>";
+      var box = document.createElement("div");
+      box.className = "cpx-frame";
+      box.setAttribute("role", "group");
+      box.setAttribute("aria-label", frame.alt);
+      box.innerHTML = frame.data;
+      view.innerHTML = "";
+      view.appendChild(box);
     }
   }
   for (var i = 0; i < inputs.length; i++) {

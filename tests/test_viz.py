@@ -300,3 +300,41 @@ def test_clip_fractions_stacks_the_parts():
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="at least one"):
         viz.clip_fractions({})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# text alternatives of the static explorer's frames (screen readers)
+
+
+def test_every_frame_carries_its_alt_text_with_the_title():
+    explorer = viz.explorer(bar_chart, height=[1, 2], colour={"blue": "C0", "orange": "C1"}, mode="static",
+                            title="Bars", alt="A {colour} bar of height {height}")
+    html = explorer.html()
+    frames = data_of(html)["frames"]
+    assert frames["1,1"]["alt"] == "Bars: A orange bar of height 2"
+    assert len({frame["alt"] for frame in frames.values()}) == 4
+    assert 'alt="Bars: A blue bar of height 1"' in html  # the default frame, before any script runs
+    assert "img.alt = frame.alt;" in html  # the script swaps the text with the picture
+
+
+def test_alt_can_be_computed_from_the_arguments_and_defaults_to_the_settings():
+    described = viz.explorer(bar_chart, height=[1, 3], colour=["C0"], offset=0.5, mode="static",
+                             alt=lambda height, colour, offset: f"one bar reaching {height + offset:g}")
+    assert [described.describe((i, 0)) for i in range(2)] == ["one bar reaching 1.5", "one bar reaching 3.5"]
+    plain = viz.explorer(bar_chart, height=[1, 3], colour=["C0"], mode="static", title="Bars")
+    assert plain.describe((1, 0)) == "Bars: height=3, colour=C0"
+
+
+def test_html_frames_are_labelled_groups_in_a_live_region():
+    html = viz.explorer(lambda n: f"<table><tr><td>{n}</td></tr></table>", n=[1, 2], mode="static",
+                        alt="Table for n = {n}").html()
+    assert '<div class="cpx-frame" role="group" aria-label="Table for n = 1"><table>' in html
+    assert '<div class="cpx-view" aria-live="polite">' in html
+    assert data_of(html)["frames"]["1"]["alt"] == "Table for n = 2"
+
+
+def test_a_bad_alt_is_an_error_that_names_the_controls():
+    with pytest.raises(ValueError, match=r"\{height\}, \{colour\}"):
+        viz.explorer(bar_chart, height=[1, 2], colour=["C0"], alt="bar of {width}")
+    with pytest.raises(TypeError, match="alt must be a string or a callable"):
+        viz.explorer(bar_chart, height=[1, 2], colour=["C0"], alt=3)

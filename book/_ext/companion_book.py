@@ -32,6 +32,10 @@
 11. Student notebooks: every chapter is also written without its solutions to ``student/<chapter>.ipynb``
    in the HTML output, and each chapter's download menu links it. In the student edition the page's own
    ``.ipynb`` download is that notebook too.
+12. The repository URL: ``COMPANION_REPOSITORY_URL`` (e.g. ``https://github.com/OWNER/REPO``) is the one
+    setting behind the repository, issues and launch (Colab, Binder) buttons; without it they are hidden
+    (see :func:`choose_repository`). With it, a chapter whose Colab install cell installs ``companion``
+    from another URL is a warning (``book/_ext/set_repository_url.py`` rewrites those cells).
 """
 
 from __future__ import annotations
@@ -390,6 +394,88 @@ def link_chapter_extras(app: Sphinx, pagename: str, templatename: str, context: 
             })
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The repository URL: one setting for the repository, issues and launch buttons and the Colab install cells
+
+REPOSITORY_ENV = "COMPANION_REPOSITORY_URL"
+REPOSITORY_BUTTONS = ("use_repository_button", "use_issues_button", "use_edit_page_button",
+                      "use_source_button")
+REPOSITORY_HOSTS = ("github.com", "gitlab.com", "bitbucket.org")  # the hosts sphinx-book-theme links to
+_REPOSITORY_URL = re.compile(r"^https://(?P<host>[^/\s]+)/(?P<owner>[^/\s]+)/(?P<repo>[^/\s]+?)(?:\.git)?/?$")
+# the Colab install cell of a chapter: %pip install ... "git+<url>"
+INSTALL_URL = re.compile(r"(%pip install[^\n]*?[\"']?git\+)(?P<url>[^\"'\s\\]+)")
+
+
+def repository_url(environ: dict[str, str] | None = None) -> str:
+    """``COMPANION_REPOSITORY_URL``, normalised to https://HOST/OWNER/REPO; "" when it is unset."""
+    raw = (os.environ if environ is None else environ).get(REPOSITORY_ENV, "").strip()
+    if not raw:
+        return ""
+    match = _REPOSITORY_URL.match(raw)
+    if not match or match["host"] not in REPOSITORY_HOSTS:
+        raise ConfigError(f"{REPOSITORY_ENV} must look like https://github.com/OWNER/REPO (hosts: "
+                          f"{', '.join(REPOSITORY_HOSTS)}), got {raw!r}")
+    return f"https://{match['host']}/{match['owner']}/{match['repo']}"
+
+
+def choose_repository(app: Sphinx | None, config: Config) -> None:
+    """Turn the repository, issues and launch buttons on for ``COMPANION_REPOSITORY_URL``, or hide them.
+
+    ``_config.yml`` holds the launch providers and the branch but no URL: a wrong URL makes buttons that
+    lead nowhere, and the theme cannot build launch links without one.
+    """
+    url = repository_url()
+    options = dict(config.html_theme_options or {})
+    if url:
+        options.update(repository_url=url, use_repository_button=True, use_issues_button=True)
+        if not url.startswith("https://github.com/"):  # Colab opens notebooks from GitHub only
+            options["launch_buttons"] = {k: v for k, v in options.get("launch_buttons", {}).items()
+                                         if k != "colab_url"}
+        logger.info(f"[companion] repository: {url} (repository, issues and launch buttons shown)")
+    else:
+        for key in ("repository_url", "launch_buttons"):
+            options.pop(key, None)
+        for key in REPOSITORY_BUTTONS:
+            if key in options:  # only the book theme knows these options: add none
+                options[key] = False
+        logger.info(f"[companion] repository: {REPOSITORY_ENV} unset (repository and launch buttons hidden)")
+    config.html_theme_options = options
+
+
+def install_urls(source: str) -> list[str]:
+    """The URLs that a notebook's ``%pip install "git+URL"`` lines install from (its Colab cell)."""
+    return [m["url"] for m in INSTALL_URL.finditer(source)]
+
+
+def notebook_install_urls(path: Path) -> list[str]:
+    """The install URLs of a notebook's code cells."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    return [url for cell in cells if cell.cell_type == "code" for url in install_urls(cell.source)]
+
+
+def set_install_url(source: str, url: str) -> str:
+    """The same source with every ``%pip install "git+..."`` pointing at ``url``."""
+    return INSTALL_URL.sub(lambda m: m.group(1) + url, source)
+
+
+def check_install_urls(app: Sphinx, env: Any, docnames: list[str]) -> None:
+    """Warn when a chapter's Colab cell installs companion from somewhere other than the repository URL."""
+    url = repository_url()
+    if not url:
+        return
+    for docname in sorted(env.found_docs):
+        path = Path(env.doc2path(docname))
+        if path.suffix != ".ipynb":
+            continue
+        others = sorted({u for u in notebook_install_urls(path) if u != url})
+        if others:
+            logger.warning(f"the Colab cell installs companion from {', '.join(others)}, but "
+                           f"{REPOSITORY_ENV} is {url}; run: python book/_ext/set_repository_url.py {url}",
+                           location=docname)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")  # its events are connected below
     os.environ[BOOK_BUILD_ENV] = "1"
@@ -398,6 +484,8 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("companion_edition", "full", "env")
     app.connect("config-inited", choose_edition)
     app.connect("doctree-read", apply_edition)
+    app.connect("config-inited", choose_repository)
+    app.connect("env-before-read-docs", check_install_urls)
     app.connect("build-finished", report_execution_times)
     app.connect("html-page-context", drop_duplicate_scripts)
     app.connect("html-page-context", link_chapter_extras, priority=600)  # after the theme's buttons
