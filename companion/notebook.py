@@ -15,7 +15,8 @@ and wraps any loop that runs for more than a few seconds::
 In a notebook the progress line is an HTML output updated in place (no widget, no stderr), cleared when
 the loop ends: the saved notebook and the HTML book keep an empty output whose metadata records how long
 the loop ran (``tests/test_chapters.py`` checks with it that no cell is silent for long). Elsewhere it is
-a tqdm bar on stderr; under pytest it is silent unless asked for.
+a tqdm bar on stderr (none when tqdm, from the ``[lab]`` extra, is not installed); under pytest it is silent
+unless asked for.
 """
 
 from __future__ import annotations
@@ -87,14 +88,18 @@ class Progress:
 
             self._handle = display(self._bundle(), raw=True, display_id=True)
         else:
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm
+            except ImportError:  # tqdm comes with the [lab] extra; without it, no bar
+                return
             self._bar = tqdm(total=total, desc=desc, unit="step", leave=False)
 
     def update(self, n: int = 1) -> None:
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
+            return
+        if self._handle is None:
             return
         now = time.perf_counter()
         if now - self._shown_at >= REFRESH_SECONDS or self.done >= self.total:
