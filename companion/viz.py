@@ -490,8 +490,8 @@ class Explorer:
         """One frame as a display bundle, with its alt text as the plain-text fallback."""
         frame = self.frame(indices)
         if frame.kind == "png":
-            return {"image/png": frame.data.split(",", 1)[1], "text/plain": self._alt(indices)}
-        return {"text/html": frame.data, "text/plain": self._alt(indices)}
+            return {"image/png": frame.data.split(",", 1)[1], "text/plain": self.describe(indices)}
+        return {"text/html": frame.data, "text/plain": self.describe(indices)}
 
     def show_live(self) -> None:
         """Title, controls and the current frame as three outputs; the frame is an ordinary image output
