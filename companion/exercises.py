@@ -41,9 +41,8 @@ class Check:
         return text
 
     def _repr_html_(self) -> str:
-        colour = "#2ca58d" if self.passed else "#d55e00"
-        mark = "✅ passed" if self.passed else "❌ not yet"
-        body = f"<b style='color:{colour}'>{mark}</b>: {html.escape(self.name)}. {html.escape(self.message)}"
+        mark = "✅ passed" if self.passed else "❌ not yet"  # the mark and the words, not a colour, carry it
+        body = f"<b>{mark}</b>: {html.escape(self.name)}. {html.escape(self.message)}"
         if not self.passed and self.hint:
             body += f"<br/><i>Hint:</i> {html.escape(self.hint)}"
         return f"<div class='companion-check'>{body}</div>"

@@ -300,3 +300,19 @@ def test_every_docstring_is_valid_rest_after_the_build_transforms():
         problems = [p for p in problems if "Unknown interpreted text role" not in p]  # Sphinx's roles
         errors += [f"{where}: {p}" for p in problems]
     assert not errors, "\n".join(errors)
+
+
+def test_accessible_names_match_the_visible_text():
+    page = ('<button class="btn search-button-field search-button__button pst-js-only" title="Search" '
+            'aria-label="Search" data-bs-toggle="tooltip"><span>Search</span> Ctrl+K</button>'
+            '<button class="btn theme-switch-button" aria-label="Color mode">'
+            '<i class="theme-switch fa-solid fa-sun" data-mode="light" title="Light"></i></button>'
+            '<summary aria-label="Toggle hidden content"><p>Show code cell source</p></summary>'
+            '<button class="btn search-button" aria-label="Search"><i class="fa-search"></i></button>')
+    fixed = companion_book.accessible_markup(page)
+    assert 'title="Search" data-bs-toggle' in fixed
+    assert fixed.count('aria-label="Search"') == 1  # the icon-only search button keeps its label
+    assert '<i aria-hidden="true" class="theme-switch fa-solid fa-sun" data-mode="light"></i>' in fixed
+    assert 'aria-label="Color mode"' in fixed
+    assert "<summary><p>Show code cell source" in fixed
+    assert companion_book.accessible_markup(fixed) == fixed

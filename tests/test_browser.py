@@ -179,3 +179,20 @@ def test_screenshots_light_and_dark(chapter: OpenPage):
     set_theme(page, "light")
     for mode in ("light", "dark"):
         assert (SCREENSHOTS / f"{chapter.name}_{mode}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+AXE = ROOT / "tests" / "_vendor" / "axe-core" / "axe.min.js"
+SERIOUS = ("serious", "critical")
+
+
+def test_no_serious_accessibility_violations(chapter: OpenPage):
+    """axe-core (vendored for tests only, .ci/vendor-assets) finds nothing serious or critical on the page."""
+    assert AXE.exists(), "axe-core is not vendored: run .ci/vendor-assets"
+    chapter.page.add_script_tag(path=str(AXE))
+    violations = chapter.evaluate("""async () => {
+        const result = await axe.run(document, {resultTypes: ['violations']});
+        return result.violations.map(v => ({id: v.id, impact: v.impact,
+            nodes: v.nodes.slice(0, 3).map(n => n.target.join(' ') + ': ' + n.failureSummary.slice(0, 160)),
+            html: v.nodes.slice(0, 3).map(n => n.html.slice(0, 200))}));
+    }""")
+    assert [v for v in violations if v["impact"] in SERIOUS] == []

@@ -36,6 +36,9 @@
     setting behind the repository, issues and launch (Colab, Binder) buttons; without it they are hidden
     (see :func:`choose_repository`). With it, a chapter whose Colab install cell installs ``companion``
     from another URL is a warning (``book/_ext/set_repository_url.py`` rewrites those cells).
+13. Accessible names: the theme's and myst-nb's markup gives three controls an ``aria-label`` that does not
+    contain their visible text (WCAG 2.5.3, axe-core's label-content-name-mismatch); the written pages are
+    corrected after the build (:func:`accessible_markup`).
 """
 
 from __future__ import annotations
@@ -476,6 +479,35 @@ def check_install_urls(app: Sphinx, env: Any, docnames: list[str]) -> None:
                            location=docname)
 
 
+# (pattern, replacement): the search field's label "Search" hides its visible "Search Ctrl+K"; the colour-mode
+# button's icons carry titles (Font Awesome turns them into SVG titles) that compete with its label;
+# myst-nb's "Toggle hidden content" hides the visible "Show code cell source"
+ACCESSIBLE_NAMES = (
+    (re.compile(r'(<button class="btn search-button-field[^"]*"[^>]*?) aria-label="Search"'), r"\1"),
+    (re.compile(r'<i class="(theme-switch [^"]*)"([^>]*?) title="[^"]*"'),
+     r'<i aria-hidden="true" class="\1"\2'),
+    (re.compile(r'<summary aria-label="Toggle hidden content">'), "<summary>"),
+)
+
+
+def accessible_markup(page: str) -> str:
+    """The page with the accessible names of the search field, the colour-mode button and code toggles
+    matching their visible text."""
+    for pattern, replacement in ACCESSIBLE_NAMES:
+        page = pattern.sub(replacement, page)
+    return page
+
+
+def fix_accessible_names(app: Sphinx, exception: Exception | None) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in Path(app.outdir).rglob("*.html"):
+        text = page.read_text()
+        fixed = accessible_markup(text)
+        if fixed != text:
+            page.write_text(fixed)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")  # its events are connected below
     os.environ[BOOK_BUILD_ENV] = "1"
@@ -491,6 +523,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("html-page-context", link_chapter_extras, priority=600)  # after the theme's buttons
     app.connect("build-finished", write_student_notebooks)
     app.connect("build-finished", write_slide_decks)
+    app.connect("build-finished", fix_accessible_names)
     app.connect("env-get-outdated", reread_chapters)
     app.connect("autodoc-process-docstring", separate_dedents)
     app.connect("autodoc-process-docstring", escape_bars)
