@@ -196,3 +196,22 @@ def test_no_serious_accessibility_violations(chapter: OpenPage):
             html: v.nodes.slice(0, 3).map(n => n.html.slice(0, 200))}));
     }""")
     assert [v for v in violations if v["impact"] in SERIOUS] == []
+
+
+def test_a_slide_deck_works_offline(built_book: Path, chromium: Any):
+    """The first chapter's reveal.js deck, from file://: it steps to its second slide, typesets its math,
+    logs no error and requests nothing from the network."""
+    deck = built_book / "slides" / f"{CHAPTERS[0]}.html"
+    assert deck.exists(), "the build wrote no deck for the first chapter"
+    opened = OpenPage(chromium, deck.as_uri())
+    page = opened.page
+    page.wait_for_function("() => window.Reveal && Reveal.isReady()")
+    page.evaluate("Reveal.next()")
+    page.wait_for_timeout(600)
+    assert page.evaluate("Reveal.getIndices().h") == 1
+    assert page.evaluate("document.querySelectorAll('.reveal mjx-container').length") > 0
+    assert page.evaluate("document.querySelectorAll('.reveal mjx-merror').length") == 0
+    assert opened.errors == [] and opened.failed == []
+    assert [url for url in opened.requests if not url.startswith(LOCAL_SCHEMES)] == []
+    page.screenshot(path=SCREENSHOTS / "slides_second.png")
+    page.close()

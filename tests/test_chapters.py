@@ -217,3 +217,10 @@ def test_no_cell_runs_silently_for_long(built_book, path: Path):
     silent = {i: round(seconds - progress_seconds(cells[i]), 1) for i, seconds in timed}
     assert {i: s for i, s in silent.items() if s > SILENT_SECONDS} == {}, \
         "cells that run this many seconds without a progress line (cp.notebook.progress)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_chapter_marks_its_slides(path: Path):
+    """Slide cells (Jupyter's slideshow metadata) make the chapter's deck; see book/_ext/slides.py."""
+    kinds = [c.metadata.get("slideshow", {}).get("slide_type") for c in read(path).cells]
+    assert kinds.count("slide") >= 3, "mark the claim, the key figures and the takeaways as slides"

@@ -96,3 +96,13 @@ def test_the_deck_page_loads_reveal_and_mathjax_from_the_book():
     assert page.count('src="../_static/reveal/') == 3 and "../_static/mathjax/tex-mml-chtml.js" in page
     assert "<section><section><p>b</p></section><section><p>c</p></section></section>" in page
     assert '<a href="../book/ch03.html">Read the chapter</a>' in page and "://" not in page
+
+
+def test_slide_boxes_keeps_headings_boxes_and_displayed_equations_only():
+    source = ("## PPO\n\nLong prose that explains.\n\n$$J = \\min(sA, \\mathrm{clip}(s)A)$$\n\n"
+              "More prose.\n\n"
+              ":::{prf:proposition} The clip\n:label: c\n\nInside $$x$$ too.\n:::\n\nTrailing prose.")
+    boxes = cell("markdown", source, "slide", metadata={"tags": ["slide-boxes"]})
+    html = slides.slides(notebook(boxes), {})[0][0]
+    assert "<h2>PPO</h2>" in html and "\\[J = \\min" in html and "Proposition (The clip)" in html
+    assert "prose" not in html.lower() and html.count("\\[x\\]") == 1

@@ -8,11 +8,12 @@ Authors choose what goes on a slide in the notebook itself, with Jupyter's stand
   ``"notes"`` makes it speaker notes (press ``s`` in the deck);
 - cells with no slide type, or ``"skip"``, are not on the slides.
 
-Markdown cells are shown as prose (their MyST boxes as boxes, ``{eval}`` numbers with the values the book
-build computed, citations as author-year, math typeset by the vendored MathJax); instructor notes
-(``:class: instructor-note`` admonitions) become speaker notes; exercises' solutions are left out. Code
-cells show their outputs from the executed notebook (figures, printed checks, static explorers), not
-their code, unless the cell is tagged ``slide-code``.
+Markdown cells are shown as prose, or, tagged ``slide-boxes``, only their headings, boxes and displayed
+equations (a long explanation around a proposition becomes the proposition). MyST reads as on the page:
+boxes as boxes, ``{eval}`` numbers with the values the book build computed, citations as author-year, math
+typeset by the vendored MathJax; instructor notes (``:class: instructor-note`` admonitions) become speaker
+notes; exercises' solutions are left out. Code cells show their outputs from the executed notebook
+(figures, printed checks, static explorers), not their code, unless the cell is tagged ``slide-code``.
 
 The decks are written after the build to ``slides/<chapter>.html`` in the HTML output; reveal.js and
 MathJax load from ``_static`` (``.ci/vendor-assets``), so a deck works from ``file://`` with no network.
@@ -136,9 +137,25 @@ def render_directives(text: str, render: Callable[[str], str], notes: list[str])
     return DIRECTIVE.sub(one, text)
 
 
+ESSENTIAL = (re.compile(r"^#{1,6} [^\n]*$", re.M), DIRECTIVE, re.compile(r"^\$\$.*?\$\$[ \t]*$", re.M | re.S))
+
+
+def essentials(source: str) -> str:
+    """Only the headings, the directives (boxes) and the displayed equations of a markdown cell, in order
+    (an equation inside a box stays in its box)."""
+    found = sorted((m.start(), m.end()) for pattern in ESSENTIAL for m in pattern.finditer(source))
+    kept: list[tuple[int, int]] = []
+    for start, end in found:
+        if not kept or start >= kept[-1][1]:
+            kept.append((start, end))
+    return "\n\n".join(source[start:end] for start, end in kept)
+
+
 def markdown_html(source: str, evals: dict[str, str], cites: dict[str, str], render: Callable[[str], str],
-                  notes: list[str]) -> str:
+                  notes: list[str], boxes_only: bool = False) -> str:
     source = re.sub(r"^\([\w-]+\)=\s*$", "", source, flags=re.M)  # MyST targets
+    if boxes_only:
+        source = essentials(source)
     return render(render_directives(replace_roles(source, evals, cites), render, notes))
 
 
@@ -182,8 +199,9 @@ def slides(notebook: Any, cites: dict[str, str]) -> list[list[str]]:
         if kind is None:
             continue
         notes: list[str] = []
-        content = markdown_html(cell.source, evals, cites, render, notes) if cell.cell_type == "markdown" \
-            else code_html(cell)
+        boxes_only = "slide-boxes" in cell.get("metadata", {}).get("tags", [])
+        content = markdown_html(cell.source, evals, cites, render, notes, boxes_only) \
+            if cell.cell_type == "markdown" else code_html(cell)
         if kind == "notes":
             content, notes = "", [content, *notes]
         if kind == "fragment":
