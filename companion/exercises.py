@@ -463,3 +463,148 @@ def check_tied_probability(answer: Any, p: float, group_size: int) -> Check:
                 ("the probability that a group is NOT tied (it carries signal)", 1.0 - all_right - all_wrong,
                  "That is the complement: 1 minus your answer.")]
     return name_the_mistake(result, answer, mistakes, rtol=1e-6, atol=1e-18)
+
+
+# --- chapter 4 ---
+# Reward scale and AdamW (Prop. 2, Props. 5-6, Eq. 27): the smallest safe reward scale for a given ε, which
+# training set-ups are scale-invariant (measured, not listed), and the β that keeps a KL term in balance.
+
+CH04_SETUPS: dict[str, str] = {
+    "dr_grpo_adamw": "Dr GRPO (β = 0), AdamW with decoupled weight decay 0.01",
+    "dr_grpo_adam_l2": "Dr GRPO (β = 0), Adam with weight_decay = 0.01 (L2 added to the gradient)",
+    "dr_grpo_adamw_kl": "Dr GRPO (β = 0.04 whatever φ), AdamW",
+    "dr_grpo_adamw_kl_scaled": "Dr GRPO with β = 0.04·φ, AdamW",
+    "dr_grpo_adamw_clip": "Dr GRPO (β = 0), gradient-norm clipping at 1.0, then AdamW",
+    "dr_grpo_sgd": "Dr GRPO (β = 0), SGD",
+    "grpo_sgd": "GRPO (R1) with its KL term (β = 0.04) and σ(r) without stabiliser (std_eps = 0), SGD",
+}
+CH04_SCALES = (2.0**-8, 2.0**8)
+
+
+def _ch04_setup(setup: str, phi: float) -> tuple[Any, Any]:
+    """The objective and the optimizer factory of one of ``CH04_SETUPS`` at reward scale φ."""
+    import torch
+
+    from companion.objective import Objective
+
+    tiny = torch.finfo(torch.float64).tiny  # ε far below every √v̂, and no 0/0 on unvisited nodes
+
+    def adamw(params: Any) -> Any:
+        return torch.optim.AdamW(params, lr=0.1, eps=tiny, weight_decay=0.01)
+
+    def clipped_adamw(params: Any) -> Any:
+        class ClippedAdamW(torch.optim.AdamW):
+            def step(self, closure: Any = None) -> Any:
+                torch.nn.utils.clip_grad_norm_(self.param_groups[0]["params"], max_norm=1.0)
+                return super().step(closure)
+
+        return ClippedAdamW(params, lr=0.1, eps=tiny, weight_decay=0.01)
+
+    dr_grpo = Objective.preset("dr_grpo", beta=0.0)
+    setups = {
+        "dr_grpo_adamw": (dr_grpo, adamw),
+        "dr_grpo_adam_l2": (dr_grpo, lambda p: torch.optim.Adam(p, lr=0.1, eps=tiny, weight_decay=0.01)),
+        "dr_grpo_adamw_kl": (Objective.preset("dr_grpo", beta=0.04), adamw),
+        "dr_grpo_adamw_kl_scaled": (Objective.preset("dr_grpo", beta=0.04 * phi), adamw),
+        "dr_grpo_adamw_clip": (dr_grpo, clipped_adamw),
+        "dr_grpo_sgd": (dr_grpo, lambda p: torch.optim.SGD(p, lr=1.0)),
+        "grpo_sgd": (Objective.preset("grpo_r1", std_eps=0.0), lambda p: torch.optim.SGD(p, lr=1.0)),
+    }
+    return setups[setup]
+
+
+def _ch04_parameters_after_training(setup: str, phi: float) -> Any:
+    """The parameters after 4 on-policy steps (fp64 tabular policy, one seed) with rewards scaled by φ."""
+    import torch
+
+    from companion.lab import train
+    from companion.policies import TabularPolicy
+    from companion.tasks import make_task
+
+    task = make_task("pick", reward_scale=phi)
+    policy = TabularPolicy.for_task(task, init_scale=0.3, seed=0, dtype=torch.float64)
+    objective, make_optimizer = _ch04_setup(setup, phi)
+    train(policy, task, objective, optimizer=make_optimizer, steps=4, group_size=4, prompts_per_step=2,
+          device="cpu", progress=False)
+    return policy.logits.detach()
+
+
+def scale_invariant(setup: str) -> bool:
+    """Measured: do the parameters stay bit-identical (``torch.equal``) to the run at φ = 1 when the rewards
+    are scaled by φ = 2^-8 and 2^8? (Powers of two scale every float exactly, so an invariant set-up gives
+    the very same bits and any other difference is real.) The expected answer of
+    :func:`check_scale_invariance`."""
+    import torch
+
+    if setup not in CH04_SETUPS:
+        raise ValueError(f"setup must be one of {sorted(CH04_SETUPS)}, got {setup!r}")
+    reference = _ch04_parameters_after_training(setup, 1.0)
+    return all(torch.equal(_ch04_parameters_after_training(setup, phi), reference) for phi in CH04_SCALES)
+
+
+def check_scale_invariance(answer: Any) -> Check:
+    """Chapter 4: for each set-up of ``CH04_SETUPS``, is training invariant to the reward scale φ? ``answer``:
+    a dict {setup: True/False}. The checker trains each set-up at φ = 1, 2^-8 and 2^8 and compares the
+    parameters bit for bit (:func:`scale_invariant`)."""
+    name = "which set-ups are invariant to the reward scale"
+    hint = ("Scale the rewards by φ and follow the gradient through: which terms of the update scale with φ "
+            "(the advantage part, Eq. 23), which do not (a KL term, an L2 term inside the gradient, a fixed "
+            "clipping threshold), and what the optimizer does with a common factor (Eq. 27).")
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hint)
+    if not isinstance(answer, Mapping):
+        got = type(answer).__name__
+        return Check(name, False, f"Expected a dict {{setup: True/False}}, got {got}.", hint)
+    missing, unknown = sorted(set(CH04_SETUPS) - set(answer)), sorted(set(answer) - set(CH04_SETUPS))
+    if missing or unknown:
+        parts = ([f"missing: {missing}"] if missing else []) + ([f"unknown: {unknown}"] if unknown else [])
+        return Check(name, False, "; ".join(parts).capitalize() + ".", hint)
+    if not all(isinstance(value, bool) for value in answer.values()):
+        return Check(name, False, "Answer each set-up with True or False.", hint)
+    wrong = [setup for setup in CH04_SETUPS if answer[setup] != scale_invariant(setup)]
+    if not wrong:
+        return Check(name, True, f"All {len(CH04_SETUPS)} verdicts match the measurement.", hint)
+    return Check(name, False, f"The measurement disagrees on {wrong}.", hint)
+
+
+def check_kl_beta(answer: Any, phi: float, beta: float = 0.04) -> Check:
+    """Chapter 4: the KL coefficient β* that keeps training unchanged when the rewards are scaled by φ
+    (β at φ = 1 given). The gradient becomes φ·g_A + β*·∇R (Eqs. 21-23), which is φ·(g_A + β∇R) when
+    β* = φβ; AdamW then ignores the common factor φ (Eq. 27)."""
+    if not phi > 0:
+        raise ValueError(f"phi must be > 0, got {phi!r}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    name = f"β* for rewards scaled by φ = {phi:g} (β = {beta:g} at φ = 1)"
+    hint = "Write the gradient at scale φ as φ times something: the reward part scales with φ (Eq. 23)."
+    result = check_close(name, answer, phi * beta, rtol=1e-6, atol=0.0, hint=hint)
+    mistakes = [
+        ("β / φ: that scales the KL term against the rewards twice over", beta / phi,
+         "The reward term grew by φ: the KL term must grow by the same factor, not shrink."),
+        ("β unchanged: then the KL term weighs 1/φ times as much against the rewards", beta,
+         "Prop. 2 assumes β = 0; with β > 0 the balance of the two terms depends on φ."),
+        ("φ²β: Adam's v scales by φ², but the gradient itself only by φ", phi**2 * beta,
+         "Balance the gradient (Eq. 23), not the second moment."),
+    ]
+    return name_the_mistake(result, answer, mistakes, rtol=1e-6, atol=0.0)
+
+
+def check_safe_scale(answer: Any, sqrt_v_hat: float, eps: float, tolerance: float = 0.01) -> Check:
+    """Chapter 4: the smallest reward scale φ at which ε shrinks the step of a coordinate with this √v̂ (at
+    φ = 1) by at most ``tolerance``: 1/(1 + ε/(φ√v̂)) ≥ 1 − tolerance (the display before Eq. 27)."""
+    from companion.theory import smallest_safe_scale
+
+    expected = smallest_safe_scale(sqrt_v_hat, eps, tolerance)
+    name = f"smallest safe φ for √v̂ = {sqrt_v_hat:g}, ε = {eps:g}, tolerance {tolerance:g}"
+    hint = ("At scale φ the preconditioner is φ√v̂ + ε, so the step is the ε = 0 step times "
+            "1/(1 + ε/(φ√v̂)) (the display before Eq. 27). Set that equal to 1 − tolerance and solve for φ.")
+    result = check_close(name, answer, expected, rtol=1e-4, atol=0.0, hint=hint)
+    mistakes = [
+        ("ε/(tolerance·√v̂): close, but the factor (1 − tolerance) is missing",
+         eps / (tolerance * sqrt_v_hat),
+         "Solve 1/(1 + x) = 1 − tolerance exactly: x = tolerance/(1 − tolerance)."),
+        ("ε/√v̂: the scale at which the step is halved", eps / sqrt_v_hat,
+         "At φ = ε/√v̂, ε/(φ√v̂) = 1 and the step is half its size; the tolerance asks for much less."),
+        ("the reciprocal of the answer", 1 / expected, "φ multiplies √v̂ in the denominator of the step."),
+    ]
+    return name_the_mistake(result, answer, mistakes, rtol=1e-4, atol=0.0)

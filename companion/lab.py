@@ -387,6 +387,7 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     opt.zero_grad(set_to_none=True)
     fields["loss"].sum().backward()
     opt.step()
+    check_finite_parameters(policy, opt)
     lp = logp.detach()
     row = {
         "reward": b.rewards.mean(1), "accuracy": b.correct.mean(1), "length": b.mask.sum(2).mean(1),
@@ -426,3 +427,46 @@ def _advance_progress(line: Progress | None, progress: bool | None, done: int, t
         line.update(done)
         return line
     return None
+
+
+# --- non-finite parameters right after the optimizer step ----------------------------------------------
+def check_finite_parameters(policy: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``FloatingPointError`` when the optimizer step just taken left NaN or inf in a parameter.
+
+    One reduction over the parameters (one device sync) when all is well. Otherwise the message names the
+    parameters, says whether the gradients going in were already non-finite (then the loss or the rewards
+    are to blame, not the step), and, for an Adam-type optimizer with ``eps == 0``, explains the 0/0.
+    """
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params or bool(torch.stack([p.isfinite().all() for p in params]).all()):
+        return
+    raise FloatingPointError(_nonfinite_step_message(policy, optimizer))
+
+
+def _nonfinite_step_message(policy: nn.Module, optimizer: torch.optim.Optimizer) -> str:
+    bad, bad_grads = [], []
+    for name, p in policy.named_parameters():
+        if not p.requires_grad:
+            continue
+        if not bool(p.isfinite().all()):
+            nan, inf = int(p.isnan().sum()), int(p.isinf().sum())
+            bad.append(f"{name!r} has {nan:,} NaN and {inf:,} inf of {p.numel():,} entries")
+        if p.grad is not None and not bool(p.grad.isfinite().all()):
+            bad_grads.append(repr(name))
+    message = f"the optimizer step produced non-finite parameters: {'; '.join(bad)}."
+    if bad_grads:
+        return (f"{message} The gradients going in were already non-finite ({', '.join(bad_grads)}): look at "
+                "the loss and the rewards, not at the optimizer.")
+    eps_values = [group.get("eps") for group in optimizer.param_groups]
+    optimizer_name = type(optimizer).__name__
+    if any(isinstance(eps, int | float) and eps == 0 for eps in eps_values):
+        return (f"{message} The gradients going in were finite. {optimizer_name} has eps=0: Adam "
+                "divides m_hat by sqrt(v_hat) + eps, which is 0/0 = NaN on every coordinate whose gradient "
+                "and second moment are exactly 0 (a tabular node that no sampled completion reached, a token "
+                "that no completion used, a group whose rewards are all equal), and inf where a tiny "
+                "gradient's square underflows to 0. Use a positive eps far below every sqrt(v_hat) instead, "
+                "e.g. eps=torch.finfo(torch.float32).tiny (1.2e-38, the smallest normal float32): it leaves "
+                "every step whose sqrt(v_hat) exceeds about 1e-30 exactly as eps=0 would take it, and keeps "
+                "power-of-two reward scaling bit-exact.")
+    return (f"{message} The gradients going in were finite, so the update itself overflowed (or divided by "
+            f"nearly 0): lower the learning rate of {optimizer_name}, or check its eps ({eps_values}).")

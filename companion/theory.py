@@ -159,3 +159,62 @@ def eps_ratio(optimizer: torch.optim.Optimizer, phi: float = 1.0) -> torch.Tenso
 def step_shrink_factor(ratio: torch.Tensor | float) -> torch.Tensor | float:
     """1 / (1 + ε/(φ√v̂)): the factor by which ε shrinks the ε = 0 Adam step (the display before Eq. 27)."""
     return 1 / (1 + ratio)
+
+
+# --- Prop. 2 in practice: which reward scales keep the invariance (chapter 4) -----------------------------
+def _moving_roots(sqrt_v_hat: torch.Tensor | float) -> torch.Tensor:
+    """√v̂ of the coordinates that moved (v̂ > 0), as a flat float64 tensor; bad input named."""
+    roots = torch.as_tensor(sqrt_v_hat, dtype=torch.float64).detach().reshape(-1)
+    if bool(torch.isnan(roots).any()) or bool((roots < 0).any()):
+        raise ValueError("sqrt_v_hat must be >= 0 (not NaN): read it with adam_state_sqrt_v_hat(optimizer)")
+    moving = roots[roots > 0]
+    if moving.numel() == 0:
+        raise ValueError("sqrt_v_hat has no positive entry: no coordinate has received a gradient yet")
+    return moving
+
+
+def _check_scale_arguments(eps: float, phi: float = 1.0) -> None:
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not phi > 0:
+        raise ValueError(f"phi must be > 0, got {phi}")
+
+
+def eps_dominated_fraction(sqrt_v_hat: torch.Tensor | float, eps: float, phi: float = 1.0) -> float:
+    """Share of the coordinates that moved (v̂ > 0) whose Adam step ε dominates at reward scale φ.
+
+    Dominated means ε ≥ φ√v̂, i.e. ε/(φ√v̂) ≥ 1 in the display before Eq. 27: the step is at most half
+    its ε = 0 size. Give the √v̂ of a run at φ = 1 (`adam_state_sqrt_v_hat`); by Prop. 6 the run at φ has
+    √v̂* = φ√v̂, so one run predicts every φ. Coordinates with v̂ = 0 never had a gradient and never move:
+    they are left out
+    (``InstrumentedAdamW``'s ``eps_dominated_frac`` counts them).
+    """
+    _check_scale_arguments(eps, phi)
+    roots = _moving_roots(sqrt_v_hat)
+    return float((eps >= phi * roots).double().mean())
+
+
+def critical_scale(sqrt_v_hat: torch.Tensor | float, eps: float, fraction: float = 0.5) -> float:
+    """The reward scale φ below which more than ``fraction`` of the moving coordinates are ε-dominated.
+
+    φ* = ε / q with q the ``fraction``-quantile of √v̂ over the coordinates with v̂ > 0 (Eq. 27): at φ*
+    a coordinate at that quantile has ε/(φ√v̂) = 1, and every coordinate below it more.
+    """
+    _check_scale_arguments(eps)
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    return eps / float(torch.quantile(_moving_roots(sqrt_v_hat), fraction))
+
+
+def smallest_safe_scale(sqrt_v_hat: float, eps: float, tolerance: float = 0.01) -> float:
+    """The smallest φ at which ε shrinks the step of a coordinate with this √v̂ by at most ``tolerance``.
+
+    Eq. 27: the step is the ε = 0 step times 1/(1 + ε/(φ√v̂)) ≥ 1 − tolerance ⇔
+    φ ≥ ε (1 − tolerance) / (tolerance · √v̂).
+    """
+    _check_scale_arguments(eps)
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must lie in (0, 1), got {tolerance}")
+    if not sqrt_v_hat > 0:
+        raise ValueError(f"sqrt_v_hat must be > 0 (a coordinate that moves), got {sqrt_v_hat}")
+    return eps * (1 - tolerance) / (tolerance * sqrt_v_hat)

@@ -351,3 +351,48 @@ def test_ch02_solutions_pass_and_stubs_fail():
         assert f"{key}={value!r}".replace("'", '"') in verl.solution, key
     assert exercises.check_trainer_config("trl", trl).passed
     assert not ex["ch02-scale"].code  # answered in words: no check
+# --- chapter 4 ---
+CH04_INVARIANT = {"dr_grpo_adamw": True, "dr_grpo_adam_l2": False, "dr_grpo_adamw_kl": False,
+                  "dr_grpo_adamw_kl_scaled": True, "dr_grpo_adamw_clip": False, "dr_grpo_sgd": False,
+                  "grpo_sgd": True}
+
+
+def test_ch04_scale_invariance_is_measured_and_checked():
+    measured = {setup: exercises.scale_invariant(setup) for setup in exercises.CH04_SETUPS}
+    assert measured == CH04_INVARIANT  # the solution in the chapter
+    assert exercises.check_scale_invariance(CH04_INVARIANT).passed
+    one_wrong = exercises.check_scale_invariance({**CH04_INVARIANT, "dr_grpo_adamw_kl": True})
+    assert not one_wrong and "dr_grpo_adamw_kl" in one_wrong.message and "Hint" in str(one_wrong)
+    assert "missing" in exercises.check_scale_invariance({"dr_grpo_adamw": True}).message.lower()
+    assert "unknown" in exercises.check_scale_invariance({**CH04_INVARIANT, "ppo": True}).message.lower()
+    assert "True or False" in exercises.check_scale_invariance({k: 1 for k in CH04_INVARIANT}).message
+    assert not exercises.check_scale_invariance(None)
+    assert not exercises.check_scale_invariance(["dr_grpo_adamw"])
+    with pytest.raises(ValueError, match="setup"):
+        exercises.scale_invariant("adam")
+
+
+def test_ch04_kl_beta():
+    assert exercises.check_kl_beta(0.04 / 64, phi=1 / 64).passed
+    assert exercises.check_kl_beta(np.float64(40.96), phi=1024.0).passed
+    for wrong, words in ((0.04 * 64, "twice over"), (0.04, "unchanged"), (0.04 / 64**2, "φ²β")):
+        check = exercises.check_kl_beta(wrong, phi=1 / 64)
+        assert not check and words in check.message, words
+    assert not exercises.check_kl_beta(None, phi=2.0)
+    with pytest.raises(ValueError, match="phi"):
+        exercises.check_kl_beta(0.1, phi=0.0)
+    with pytest.raises(ValueError, match="beta"):
+        exercises.check_kl_beta(0.1, phi=1.0, beta=0.0)
+
+
+def test_ch04_safe_scale():
+    # 1/(1 + ε/(φ√v̂)) = 0.99  <=>  φ = 99 ε/√v̂
+    assert exercises.check_safe_scale(99 * 1e-8 / 3e-4, sqrt_v_hat=3e-4, eps=1e-8).passed
+    assert exercises.check_safe_scale(1e-5 * 0.9 / (0.1 * 2e-3), sqrt_v_hat=2e-3, eps=1e-5, tolerance=0.1)
+    for wrong, words in ((100 * 1e-8 / 3e-4, "1 − tolerance"), (1e-8 / 3e-4, "halved"),
+                         (3e-4 / (99 * 1e-8), "reciprocal")):
+        check = exercises.check_safe_scale(wrong, sqrt_v_hat=3e-4, eps=1e-8)
+        assert not check and words in check.message, words
+    assert not exercises.check_safe_scale(None, sqrt_v_hat=3e-4, eps=1e-8)
+    with pytest.raises(ValueError, match="tolerance"):
+        exercises.check_safe_scale(1.0, sqrt_v_hat=3e-4, eps=1e-8, tolerance=1.5)

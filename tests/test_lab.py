@@ -278,3 +278,60 @@ def test_seedwise_advantages_check_every_seed_not_only_the_first():
     ok = lab.seedwise_advantages(cp.Objective.preset("grpo"), torch.arange(24.0).view(3, 8), 4)
     assert ok.shape == (3, 8) and torch.allclose(ok[1], cp.Objective.preset("grpo").advantages(
         torch.arange(8.0, 16.0), 4))
+
+
+# --- non-finite parameters right after the optimizer step (chapter 4) ---------------------------------
+def test_adamw_with_eps_zero_is_caught_right_after_the_step_and_explained():
+    """Unvisited tabular nodes have g = v = 0, so torch's AdamW(eps=0) steps them by 0/0 = NaN."""
+    task = make_task("pick")
+    with pytest.raises(FloatingPointError, match="optimizer step produced non-finite") as caught:
+        run(tabular(task), task, optimizer=lambda p: torch.optim.AdamW(p, lr=0.1, eps=0.0), steps=3)
+    message = str(caught.value)
+    for words in ("'logits' has", "NaN", "gradients going in were finite", "eps=0", "0/0",
+                  "torch.finfo(torch.float32).tiny"):
+        assert words in message, words
+    assert "pad masked positions" not in message  # not the old, misleading error of the next forward pass
+
+
+def test_a_tiny_eps_trains_where_eps_zero_fails_and_changes_nothing_else():
+    task = make_task("pick")
+    tiny = torch.finfo(torch.float64).tiny
+    policies = [tabular(task, 2) for _ in range(2)]
+    runs = [run(policy, task, optimizer=lambda p, e=eps: torch.optim.AdamW(p, lr=0.1, eps=e), steps=5)
+            for policy, eps in zip(policies, (tiny, 1e-300), strict=True)]
+    assert all(torch.isfinite(p.logits).all() for p in policies)
+    assert_same_history(*runs)  # eps below every sqrt(v_hat) > 0: the same steps
+
+
+def test_nonfinite_gradients_are_blamed_not_the_optimizer():
+    class NaNLoss(PlainClipped):
+        def loss(self, *args, **kwargs):
+            out = super().loss(*args, **kwargs)
+            return _Out(out.loss * float("nan"), out.clip_fraction_low, out.clip_fraction_high)
+
+    task = make_task("pick")
+    with pytest.raises(FloatingPointError, match="gradients going in were already non-finite"):
+        run(tabular(task), task, NaNLoss())
+
+
+def test_an_overflowing_update_is_reported_with_finite_gradients():
+    task = make_task("pick")
+    policy = tabular(task)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1e308)
+    policy.logits.grad = torch.full_like(policy.logits, -2.0)  # finite, but the step 2e308 is not
+    optimizer.step()
+    with pytest.raises(FloatingPointError, match=r"update itself overflowed.*lower the learning rate of SGD"):
+        lab.check_finite_parameters(policy, optimizer)
+
+
+def test_the_finiteness_check_passes_silently_and_sees_every_trainable_parameter():
+    task = make_task("pick")
+    policy = GRUPolicy.for_task(task)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    lab.check_finite_parameters(policy, optimizer)  # all finite: no error
+    with torch.no_grad():
+        policy.head.bias[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"'head.bias' has 0 NaN and 1 inf of 6 entries"):
+        lab.check_finite_parameters(policy, optimizer)
+    policy.head.bias.requires_grad_(False)  # frozen parameters are not the optimizer's doing
+    lab.check_finite_parameters(policy, optimizer)

@@ -170,3 +170,56 @@ def test_bad_arguments():
         theory.drift_limit(0.99, 0.9)
     with pytest.raises(ValueError, match="eps"):
         theory.eps_modulation(1.0, 1.0, -1.0)
+
+
+# --- Prop. 2 in practice: which reward scales keep the invariance (chapter 4) -----------------------------
+def test_eps_dominated_fraction_counts_moving_coordinates_only():
+    roots = torch.tensor([0.0, 0.0, 1e-6, 1e-4, 1e-2, 1.0], dtype=torch.float64)
+    assert theory.eps_dominated_fraction(roots, eps=1e-8) == 0.0
+    assert theory.eps_dominated_fraction(roots, eps=1e-8, phi=1e-2) == pytest.approx(0.25)  # 1e-6 * 1e-2
+    assert theory.eps_dominated_fraction(roots, eps=1e-4) == pytest.approx(0.5)  # ε ≥ √v̂ counts (ratio 1)
+    assert theory.eps_dominated_fraction(roots, eps=1.0, phi=1e-3) == 1.0
+
+
+def test_eps_dominated_fraction_predicts_a_scaled_optimizer_state():
+    """Prop. 6 (√v̂* = φ√v̂): the fraction read off a run at φ equals the one predicted from the run at 1."""
+    predicted, measured = [], []
+    _, ref = run_scaled(1.0, eps=0.0)
+    roots = theory.adam_state_sqrt_v_hat(ref)
+    for phi in (2.0**-30, 2.0**-20, 2.0**-10, 1.0):
+        _, opt = run_scaled(phi, eps=0.0)
+        measured.append(theory.eps_dominated_fraction(theory.adam_state_sqrt_v_hat(opt), eps=1e-9))
+        predicted.append(theory.eps_dominated_fraction(roots, eps=1e-9, phi=phi))
+    assert measured == predicted
+    assert predicted[0] > 0.9 and predicted[-1] < 0.1 and predicted == sorted(predicted, reverse=True)
+
+
+def test_critical_scale_is_where_the_fraction_is_reached():
+    roots = torch.logspace(-6, -2, 401, dtype=torch.float64)
+    for eps, fraction in ((1e-8, 0.5), (1e-5, 0.1), (1e-8, 0.9)):
+        phi = theory.critical_scale(roots, eps, fraction)
+        assert theory.eps_dominated_fraction(roots, eps, phi * 1.001) < fraction
+        assert theory.eps_dominated_fraction(roots, eps, phi / 1.001) >= fraction
+    assert theory.critical_scale(torch.tensor([0.0, 2e-3, 2e-3]), 1e-8) == pytest.approx(5e-6)
+
+
+def test_smallest_safe_scale_keeps_the_step_within_the_tolerance():
+    for root, eps, tolerance in ((1e-3, 1e-8, 0.01), (3e-5, 1e-5, 0.1)):
+        phi = theory.smallest_safe_scale(root, eps, tolerance)
+        shrink = theory.step_shrink_factor(eps / (phi * root))
+        assert shrink == pytest.approx(1 - tolerance, rel=1e-12)
+        assert theory.step_shrink_factor(eps / (2 * phi * root)) > 1 - tolerance
+    assert theory.smallest_safe_scale(1e-3, 0.0) == 0.0  # ε = 0: every scale is safe
+
+
+def test_scale_helpers_name_bad_arguments():
+    roots = torch.tensor([1e-3, 2e-3])
+    for call, word in ((lambda: theory.eps_dominated_fraction(roots, -1.0), "eps"),
+                       (lambda: theory.eps_dominated_fraction(roots, 1e-8, phi=0.0), "phi"),
+                       (lambda: theory.eps_dominated_fraction(torch.zeros(3), 1e-8), "no positive"),
+                       (lambda: theory.eps_dominated_fraction(torch.tensor([-1.0]), 1e-8), "sqrt_v_hat"),
+                       (lambda: theory.critical_scale(roots, 1e-8, fraction=1.0), "fraction"),
+                       (lambda: theory.smallest_safe_scale(1e-3, 1e-8, tolerance=0.0), "tolerance"),
+                       (lambda: theory.smallest_safe_scale(0.0, 1e-8), "sqrt_v_hat")):
+        with pytest.raises(ValueError, match=word):
+            call()
