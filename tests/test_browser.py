@@ -12,8 +12,6 @@ and the vendored assets. ``COMPANION_SKIP_BROWSER=1`` skips these tests delibera
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,38 +22,10 @@ from book_build import HTML_DIR, ROOT
 
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("*.ipynb"))
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--no-first-run", "--disable-quic", "--disable-sync", "--disable-default-apps", "--disable-extensions",
-    "--mute-audio", "--hide-scrollbars",
-]
 LOCAL_SCHEMES = ("file:", "data:", "about:", "blob:", "chrome:", "devtools:")
-VIEWPORT = {"width": 1280, "height": 900}
 
 pytestmark = pytest.mark.skipif(os.environ.get("COMPANION_SKIP_BROWSER") == "1",
                                 reason="COMPANION_SKIP_BROWSER=1")
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "chromium is not installed: run .ci/install (apt-get install chromium)"
-    return path
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    """A fresh headless Chromium with an empty profile, driven by Playwright (no browser download)."""
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="companion-chromium-")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS, viewport=VIEWPORT)
-        try:
-            yield context
-        finally:
-            context.close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 class OpenPage:

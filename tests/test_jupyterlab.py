@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser import CHROMIUM_FLAGS, SCREENSHOTS, chromium_path
+from test_browser import SCREENSHOTS
 
 from book_build import ROOT
 
@@ -95,26 +95,21 @@ def jupyterlab() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def notebook(jupyterlab: str) -> Iterator[Any]:
-    """The chapter open in JupyterLab, with every cell run."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True,
-                                             args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(jupyterlab)
-        page.wait_for_function("() => window.jupyterapp && jupyterapp.shell.currentWidget"
-                               " && jupyterapp.shell.currentWidget.sessionContext"
-                               " && jupyterapp.shell.currentWidget.sessionContext.session"
-                               " && jupyterapp.shell.currentWidget.sessionContext.session.kernel",
-                               timeout=120_000)
-        page.evaluate("jupyterapp.shell.currentWidget.sessionContext.ready")
-        page.evaluate("jupyterapp.commands.execute('notebook:run-all-cells')")
-        page.wait_for_function(ALL_CELLS_RAN, timeout=RUN_ALL_SECONDS * 1000, polling=1000)
-        page.wait_for_timeout(1500)  # the last markdown cells render their expressions
-        yield page
-        browser.close()
+def notebook(jupyterlab: str, chromium: Any) -> Iterator[Any]:
+    """The chapter open in JupyterLab (in the session's Chromium), with every cell run."""
+    page = chromium.new_page()
+    page.goto(jupyterlab)
+    page.wait_for_function("() => window.jupyterapp && jupyterapp.shell.currentWidget"
+                           " && jupyterapp.shell.currentWidget.sessionContext"
+                           " && jupyterapp.shell.currentWidget.sessionContext.session"
+                           " && jupyterapp.shell.currentWidget.sessionContext.session.kernel",
+                           timeout=120_000)
+    page.evaluate("jupyterapp.shell.currentWidget.sessionContext.ready")
+    page.evaluate("jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_function(ALL_CELLS_RAN, timeout=RUN_ALL_SECONDS * 1000, polling=1000)
+    page.wait_for_timeout(1500)  # the last markdown cells render their expressions
+    yield page
+    page.close()
 
 
 # every code cell has an execution count and the kernel is idle
