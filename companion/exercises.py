@@ -608,3 +608,147 @@ def check_safe_scale(answer: Any, sqrt_v_hat: float, eps: float, tolerance: floa
         ("the reciprocal of the answer", 1 / expected, "φ multiplies √v̂ in the denominator of the step."),
     ]
     return name_the_mistake(result, answer, mistakes, rtol=1e-4, atol=0.0)
+# --- chapter 3
+# Shared prefixes (Prop. 1, App. B): the sign of W_agg on a prefix the whole group shares, weights that
+# cancel on a partial prefix too, and the expected SGD step on a forced and on a sampled prefix. Pure Python,
+# so the expected values never depend on the code the learner is testing.
+
+CH03_WEIGHTINGS = ("grpo", "dr_grpo", "dapo")
+CH03_MODES = ("forced", "sampled")
+
+
+def _ch03_group(lengths: Any, rewards: Any) -> tuple[list[int], list[float]]:
+    sizes = _positive_lengths(lengths)
+    values = _as_float_list("rewards", rewards)
+    if len(values) != len(sizes) or len(sizes) < 2:
+        raise ValueError(f"lengths and rewards must describe the same group of >= 2 completions, got "
+                         f"{len(sizes)} lengths and {len(values)} rewards")
+    return sizes, values
+
+
+def w_agg_reference(lengths: Any, rewards: Any, weighting: str = "grpo",
+                    members: Sequence[int] | None = None) -> float:
+    """W_agg = Σ_{i ∈ members} ω_i A_i at θ = θ_old (s = 1) of a prefix shared by ``members`` (default: the
+    whole group): A_i = r_i − mean(r) (Eq. 2, σ left out), ω_i = 1/(G|o_i|) ("grpo"), 1/G ("dr_grpo") or
+    1/Σ_j |o_j| ("dapo") (App. B.2)."""
+    if weighting not in CH03_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {CH03_WEIGHTINGS}, got {weighting!r}")
+    sizes, values = _ch03_group(lengths, rewards)
+    n, mean = len(sizes), sum(values) / len(values)
+    omega = {"grpo": [1.0 / (n * s) for s in sizes], "dr_grpo": [1.0 / n] * n,
+             "dapo": [1.0 / sum(sizes)] * n}[weighting]
+    rows = range(n) if members is None else members
+    return sum(omega[i] * (values[i] - mean) for i in rows)
+
+
+def _sign(value: float, scale: float) -> int:
+    return 0 if abs(value) <= 1e-12 * max(scale, 1e-300) else (1 if value > 0 else -1)
+
+
+def check_w_agg_signs(answer: Any, groups: Sequence[tuple[Any, Any]], weighting: str = "grpo") -> Check:
+    """Chapter 3: the sign (+1, −1 or 0) of W_agg on the prefix that every completion of a group shares, for
+    each group of ``groups`` = [(lengths, rewards), ...], under ``weighting`` (see :func:`w_agg_reference`).
+    ``answer``: one sign per group."""
+    expected = []
+    for lengths, rewards in groups:
+        sizes, values = _ch03_group(lengths, rewards)
+        scale = max(abs(v) for v in values) / min(sizes)
+        expected.append(_sign(w_agg_reference(sizes, values, weighting), scale))
+    name = f"signs of W_agg under {weighting} for {len(expected)} groups"
+    hint = ("W_agg = Σ_i ω_i A_i with A_i = r_i − mean(r). With ω_i ∝ 1/|o_i|, a short completion's "
+            "advantage counts more than a long one's; with a constant ω, W_agg = C·Σ_i A_i.")
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hint)
+    try:
+        got = _as_float_list("answer", answer)
+    except TypeError as error:
+        return Check(name, False, str(error), hint)
+    if len(got) != len(expected):
+        return Check(name, False, f"Expected {len(expected)} signs, one per group, got {len(got)}.", hint)
+    if any(g not in (-1.0, 0.0, 1.0) for g in got):
+        return Check(name, False, "Answer with +1, -1 or 0 for each group.", hint)
+    if [int(g) for g in got] == expected:
+        return Check(name, True, f"Signs {expected}.", hint)
+    if [-int(g) for g in got] == expected:
+        return Check(name, False, "Every sign is flipped: W_agg > 0 pushes the prefix up.", hint)
+    wrong = [i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if int(g) != e]
+    return Check(name, False, f"Group(s) {wrong} are wrong.", hint)
+
+
+def check_partial_prefix_weights(answer: Any, lengths: Any, rewards: Any, members: Sequence[int]) -> Check:
+    """Chapter 3: positive weights ω_i, one per completion, that cancel on the prefix the whole group shares
+    *and* on the prefix shared by ``members`` only: Σ_i ω_i A_i = 0 and Σ_{i ∈ members} ω_i A_i = 0, with
+    A_i = r_i − mean(r)."""
+    sizes, values = _ch03_group(lengths, rewards)
+    if not members or len(set(members)) != len(members) or not set(members) < set(range(len(sizes))):
+        raise ValueError(f"members must be distinct row indices, a proper subset of 0..{len(sizes) - 1}, "
+                         f"got {members!r}")
+    mean = sum(values) / len(values)
+    adv = [v - mean for v in values]
+    name = f"weights that cancel on the whole group and on the prefix of completions {list(members)}"
+    hint = ("Both sums are linear in ω. The whole-group sum minus the partial one is the sum over the other "
+            "completions, so each part must cancel on its own: solve each part separately.")
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hint)
+    try:
+        omega = _as_float_list("answer", answer)
+    except TypeError as error:
+        return Check(name, False, str(error), hint)
+    if len(omega) != len(sizes):
+        message = f"Expected {len(sizes)} weights, one per completion, got {len(omega)}."
+        return Check(name, False, message, hint)
+    if any(not (w > 0 and math.isfinite(w)) for w in omega):
+        return Check(name, False, "Every weight must be a finite number > 0 (a zero weight drops a "
+                                  "completion from the gradient).", hint)
+    scale = sum(abs(w * a) for w, a in zip(omega, adv, strict=True)) or 1.0
+    whole = sum(w * a for w, a in zip(omega, adv, strict=True))
+    partial = sum(omega[i] * adv[i] for i in members)
+    if abs(whole) <= 1e-9 * scale and abs(partial) <= 1e-9 * scale:
+        return Check(name, True, "Both prefixes get W_agg = 0.", hint)
+    if max(omega) - min(omega) <= 1e-12 * max(omega):
+        return Check(name, False, f"Constant weights cancel on the whole group (C·Σ A_i = 0) but not on the "
+                                  f"partial prefix: C·Σ_(i in members) A_i = {partial:.4g}.", hint)
+    parts = [f"{label} sum Σ ω_i A_i = {value:.4g}" for label, value in (("whole-group", whole),
+                                                                        ("partial-prefix", partial))
+             if abs(value) > 1e-9 * scale]
+    return Check(name, False, "The " + " and the ".join(parts) + ", not 0.", hint)
+
+
+def expected_prefix_step(logits: Any, token: int, w_agg: float, lr: float, mode: str) -> list[float]:
+    """E[Δz] of one SGD step (θ ← θ + lr ∇J) on the logits z of the prefix's softmax, when each group's W_agg
+    has mean ``w_agg`` whatever prefix token was drawn: "forced" writes ``token``, so E[Δz] = lr·w·(e_token −
+    p); "sampled" draws y ~ softmax(z), so E[Δz] = lr·w·Σ_y p_y (e_y − p) = 0 (score-function identity)."""
+    if mode not in CH03_MODES:
+        raise ValueError(f"mode must be one of {CH03_MODES}, got {mode!r}")
+    z = _as_float_list("logits", logits)
+    if not 0 <= token < len(z):
+        raise ValueError(f"token must index the logits (0..{len(z) - 1}), got {token!r}")
+    top = max(z)
+    weights = [math.exp(v - top) for v in z]
+    p = [w / sum(weights) for w in weights]
+    if mode == "forced":
+        return [lr * w_agg * ((1.0 if k == token else 0.0) - p[k]) for k in range(len(z))]
+    mean_onehot = p  # E_{y~p}[e_y] = p, so E[e_y − p] = p − p = 0, exactly
+    return [lr * w_agg * (mean_onehot[k] - p[k]) for k in range(len(z))]
+
+
+def check_expected_prefix_step(answer: Any, logits: Any, token: int, w_agg: float, lr: float,
+                               mode: str) -> Check:
+    """Chapter 3: the expected SGD step on the prefix logits, for a ``"forced"`` or a ``"sampled"`` prefix
+    (see :func:`expected_prefix_step`). ``answer``: one number per logit."""
+    expected = expected_prefix_step(logits, token, w_agg, lr, mode)
+    name = f"expected SGD step on the prefix logits, {mode} prefix"
+    hint = ("∂log softmax(z)_y/∂z = e_y − p. A forced prefix always has y = the template token; a sampled "
+            "one has y ~ p, so average e_y − p over y.")
+    tolerance = 1e-9 * max(abs(lr * w_agg), 1e-300)
+    result = check_close(name, answer, expected, rtol=1e-6, atol=tolerance, hint=hint)
+    other = "sampled" if mode == "forced" else "forced"
+    mistakes = [
+        (f"the step of a {other} prefix", expected_prefix_step(logits, token, w_agg, lr, other),
+         "Which token does the prefix hold: always the template, or a draw from p?"),
+        ("the step with its sign flipped", [-e for e in expected], "Gradient ascent on J: Δz = +lr·∂J/∂z."),
+        ("lr·w·e_token: the −p part is missing", [lr * w_agg * (1.0 if k == token else 0.0)
+                                                 for k in range(len(expected))],
+         "The softmax couples the logits: raising one token's log-probability lowers the others."),
+    ]
+    return name_the_mistake(result, answer, mistakes, rtol=1e-6, atol=1e-12)

@@ -96,3 +96,137 @@ def _check(tokens: Tensor, mask: Tensor, weights: Tensor, advantages: Tensor, gr
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
             or tokens.shape[0] % group_size:
         raise ValueError(f"group_size={group_size!r} must be a positive int dividing N={tokens.shape[0]}")
+
+
+# --- the expected prefix force over many groups (App. B.2 and the score-function identity) ---------------
+@dataclass(frozen=True)
+class Estimate:
+    """The mean of ``n`` independent samples and its standard error, std / √n (Bessel's std)."""
+
+    mean: float
+    stderr: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: Tensor) -> Estimate:
+        """The estimate from a 1-D tensor (or anything ``torch.as_tensor`` reads) of ≥ 2 samples."""
+        x = torch.as_tensor(samples).detach().double().cpu().flatten()
+        if x.numel() < 2:
+            raise ValueError(f"samples: need at least 2 to estimate a standard error, got {x.numel()}")
+        if not torch.isfinite(x).all():
+            raise ValueError("samples must be finite (a NaN or inf would poison the mean)")
+        return cls(float(x.mean()), float(x.std() / x.numel() ** 0.5), x.numel())
+
+    @property
+    def z(self) -> float:
+        """mean / stderr: how many standard errors the mean lies from 0 (0 when every sample is 0)."""
+        if self.stderr == 0:
+            return 0.0 if self.mean == 0 else float("inf") if self.mean > 0 else float("-inf")
+        return self.mean / self.stderr
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3g} ± {self.stderr:.2g} (n = {self.n})"
+
+
+@dataclass(frozen=True)
+class PrefixForces:
+    """What one optimizer step at θ = θ_old would feel at one position of the completion, group by group.
+
+    ``logit[g]``: ∂J_g/∂z_v, the gradient of group g's objective on the logit of token v at ``position``,
+    Σ_i ∂J_g/∂log π(y_{i,t}) (1{y_{i,t} = v} − π(v | x, y_{i,<t})): at position 0 (or inside a prefix that the
+    whole group shares) that is the gradient on one softmax's logit (the prefix node of a tabular policy).
+    ``push[g]``: Σ_i ∂J_g/∂log π(y_{i,t}), the group's total push on the log-probabilities at that position:
+    W_agg of the node when the whole group shares y_{≤t} (App. B.2).
+    """
+
+    logit: Tensor  # (n,) float64
+    push: Tensor  # (n,) float64
+    position: int
+    token: int
+
+    def mean(self, which: str = "logit") -> Estimate:
+        """The expected force over groups, ``"logit"`` or ``"push"``, with its standard error."""
+        if which not in ("logit", "push"):
+            raise ValueError(f"which must be 'logit' or 'push', got {which!r}")
+        return Estimate.of(getattr(self, which))
+
+
+def prefix_forces(policy, task, objective, *, groups: int = 512, group_size: int = 8, position: int = 0,
+                  token: int | None = None, seed: int = 0) -> PrefixForces:
+    """Sample ``groups`` independent groups (one random prompt, ``group_size`` completions each) from the
+    policy at its current θ, with the task's template mode, and return each group's first-step force at
+    ``position`` (:class:`PrefixForces`): the gradient of Eq. 15 that the group would contribute, at θ = θ_old
+    (s = 1) and θ = θ_ref (a KL term adds nothing there).
+
+    token: the token v whose logit is probed; default the template's token at ``position``.
+    Each group is its own batch (B = 1), so token-mean weights such as DAPO's normalise within the group.
+    A policy with S seeds (``TabularPolicy(num_seeds=S)``) gives S·groups samples, seed s drawing from
+    ``seed + s``. The forced template's expected push is W_agg's mean; a sampled prefix's expected logit
+    force is 0 whenever the prefix does not change what follows (E_{y~π}[∇log π(y)] = 0).
+    """
+    token = _check_probe(policy, task, groups, group_size, position, token)
+    prompt_idx, completions = _sample_groups(policy, task, groups, group_size, seed)
+    return _forces(policy, task, objective, prompt_idx, completions, group_size, position, token)
+
+
+def _sample_groups(policy, task, groups: int, group_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(S, groups·G) prompt index of every completion and (S, groups·G, T) completions, with the template
+    the task's mode asks for (forced: written in; shared: sampled once per group; sampled: by the policy)."""
+    from companion.lab import _prefix
+
+    generators = [torch.Generator().manual_seed(seed + s) for s in range(policy.num_seeds)]
+    device = next(policy.parameters()).device
+    with torch.no_grad():
+        prompts = torch.stack([task.sample_prompts(groups, g) for g in generators]).to(device)
+        prefix = _prefix(policy, task, prompts, generators)
+        completions = policy.sample(task, prompts, group_size, generators, prefix=prefix)
+    return prompts.repeat_interleave(group_size, dim=1), completions
+
+
+def _forces(policy, task, objective, prompt_idx: Tensor, completions: Tensor, group_size: int, position: int,
+            token: int) -> PrefixForces:
+    """The per-group forces on given samples: ∂J_g/∂log π by autograd on each group's own loss, then the
+    softmax's Jacobian written out (∂log π(y)/∂z_v = 1{y = v} − π(v))."""
+    from companion.lab import seedwise_advantages, seedwise_loss
+
+    with torch.no_grad():
+        logp, entropy = policy.logprobs(task, prompt_idx, completions)
+        probe = completions.clone()
+        probe[..., position] = token
+        probe_logp, _ = policy.logprobs(task, prompt_idx, probe)
+    dtype = logp.dtype
+    rewards = task.reward(prompt_idx, completions).to(dtype)
+    mask = task.completion_mask(completions).to(dtype)
+    n = rewards.numel() // group_size
+    per_group = (n, group_size, completions.shape[-1])
+    lp = logp.reshape(per_group).requires_grad_(True)
+    m, y = mask.reshape(per_group), completions.reshape(per_group)
+    adv = seedwise_advantages(objective, rewards.reshape(n, group_size), group_size, m)
+    fields = seedwise_loss(objective, lp, lp.detach(), adv, m, lp.detach(), tokens=y,
+                           entropies=entropy.reshape(per_group), group_size=group_size)
+    (d_logp,) = torch.autograd.grad(-fields["loss"].sum(), lp)  # ∂J_g/∂log π(y_{i,t}), J = −loss
+    at_t = d_logp[..., position].double()
+    chosen = (y[..., position] == token).double()
+    p_token = probe_logp[..., position].reshape(n, group_size).exp().double()
+    logit = (at_t * (chosen - p_token)).sum(-1)
+    return PrefixForces(logit=logit.cpu(), push=at_t.sum(-1).cpu(), position=position, token=token)
+
+
+def _check_probe(policy, task, groups: int, group_size: int, position: int, token: int | None) -> int:
+    if not hasattr(policy, "num_seeds") or not hasattr(policy, "logprobs"):
+        raise TypeError(f"policy must be a companion policy (TabularPolicy, GRUPolicy, TinyGPT2Policy), got "
+                        f"{type(policy).__name__}")
+    for name, value, low in (("groups", groups, 2), ("group_size", group_size, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < task.max_new_tokens:
+        raise ValueError(f"position must be an int in [0, max_new_tokens={task.max_new_tokens}), got "
+                         f"{position!r}")
+    if token is None:
+        if position >= task.prefix_len:
+            raise ValueError(f"position {position} is outside the template (length {task.prefix_len}): "
+                             "give token=, the id whose logit to probe")
+        return int(task.template_ids[position])
+    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token <= task.eos_id:
+        raise ValueError(f"token must be an id in [0, eos_id={task.eos_id}], got {token!r}")
+    return token

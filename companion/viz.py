@@ -639,3 +639,153 @@ _SCRIPT = """(function () {
     inputs[i].addEventListener("change", update);
   }
 })();"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trie of a group's completions, coloured by W_agg (Prop. 1, App. B.2)
+
+
+def prefix_tree(nodes: Sequence[Any], *, group: int = 0,
+                labels: Sequence[str] | Mapping[int, str] | None = None,
+                leaf_labels: Sequence[str] | Mapping[int, str] | None = None, root_label: str = "x",
+                ax: Any = None, title: str = "", vmax: float | None = None, digits: int = 3,
+                colorbar: bool = True, cmap: str = "BrBG") -> Any:
+    """Draw one group's trie (``cp.prefix.trie``), each node coloured by its W_agg and labelled with it.
+
+    nodes: the ``Node`` list of ``cp.prefix.trie`` (nodes of other groups are skipped); group: which group.
+    labels: the text of each token id (a sequence indexed by id, e.g. ``(*task.vocab, ".")``, or a mapping);
+        None shows the ids. leaf_labels: text after each completion's last node, by row index (e.g. its
+        reward); root_label: the prompt node on the left. vmax: the colour scale's ±top (None: the largest
+        |W_agg|). digits: decimals of the printed W_agg, which carries the sign and value without colour
+        (exactly 0 prints as "0"). The colour map is diverging (brown < 0 < green, white at 0), the edge
+        width grows with the number of completions through a node. Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    shown = _group_nodes(nodes, group)
+    if vmax is not None and not (_is_number(vmax) and vmax > 0):
+        raise ValueError(f"vmax must be a number > 0 or None, got {vmax!r}")
+    if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 12:
+        raise ValueError(f"digits must be an int in [0, 12], got {digits!r}")
+    token_text = _token_labels(labels, shown)
+    leaf_text = _row_labels("leaf_labels", leaf_labels)
+    rows = sorted({row for node in shown for row in node.members})
+    place = _leaf_positions(shown, rows)
+    top = vmax or max((abs(n.w_agg) for n in shown), default=0.0) or 1.0
+    norm, colours = Normalize(-top, top), plt.get_cmap(cmap)
+    depth = max(n.depth for n in shown) + 1
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.1 * depth + 3.2, 0.5 * len(rows) + 0.9))
+    ink = plt.rcParams["text.color"]
+    y_of = {n.prefix: float(np.mean([place[r] for r in n.members])) for n in shown}
+    root_y = float(np.mean(list(place.values())))
+    for node in shown:  # edges first, under the nodes
+        parent_y = root_y if node.depth == 0 else y_of[node.prefix[:-1]]
+        ax.plot([node.depth - 1, node.depth], [parent_y, y_of[node.prefix]], color=ink, alpha=0.45,
+                linewidth=0.8 + 1.2 * (len(node.members) - 1) / max(len(rows) - 1, 1), zorder=1)
+    ax.text(-1, root_y, root_label, ha="center", va="center", fontsize=9, zorder=3,
+            bbox=dict(boxstyle="round,pad=0.3", facecolor="#d9d9d9", edgecolor=ink, linewidth=0.6))
+    for node in shown:
+        face = colours(norm(node.w_agg))
+        text_colour = "white" if _luminance(face) < 0.45 else "black"
+        y = y_of[node.prefix]
+        ax.text(node.depth, y, token_text(node.prefix[-1]), ha="center", va="center", fontsize=9,
+                color=text_colour, zorder=3, fontweight="bold" if node.shared else "normal",
+                bbox=dict(boxstyle="round,pad=0.3", facecolor=face, edgecolor=ink, linewidth=0.6))
+        ax.text(node.depth, y + 0.3, _signed(node.w_agg, digits), ha="center", va="top", fontsize=6.5,
+                color=ink, zorder=3)
+        if leaf_text is not None and _is_leaf(node, shown):
+            text = ", ".join(dict.fromkeys(leaf_text[r] for r in node.members if r in leaf_text))
+            count = f" (×{len(node.members)})" if len(node.members) > 1 else ""
+            ax.text(node.depth + 0.35, y, text + count, ha="left", va="center", fontsize=7.5, color=ink)
+    ax.set_xlim(-1.5, depth + (1.3 if leaf_text is not None else 0.3))
+    ax.set_ylim(len(rows) - 0.3, -0.7)
+    ax.set_xticks(range(depth))
+    ax.set_xticklabels([str(t + 1) for t in range(depth)])
+    ax.set_xlabel("token t")
+    ax.set_yticks([])
+    ax.grid(False)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if colorbar:
+        mappable = plt.cm.ScalarMappable(norm=norm, cmap=colours)
+        bar = ax.figure.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label("W_agg of the node", fontsize=8)
+    return ax
+
+
+def _group_nodes(nodes: Sequence[Any], group: int) -> list[Any]:
+    """The nodes of one group, checked."""
+    if isinstance(nodes, str | bytes) or not isinstance(nodes, Sequence) or not nodes:
+        raise ValueError("prefix_tree: nodes must be the non-empty list that cp.prefix.trie returns")
+    needed = ("group", "depth", "prefix", "members", "w_agg", "shared")
+    bad = [type(n).__name__ for n in nodes if not all(hasattr(n, a) for a in needed)]
+    if bad:
+        raise TypeError(f"prefix_tree: nodes must be cp.prefix.Node objects (from cp.prefix.trie), "
+                        f"got {bad[0]}")
+    groups = sorted({n.group for n in nodes})
+    if group not in groups:
+        raise ValueError(f"prefix_tree: group={group!r} is not in the nodes; groups present: {groups}")
+    return [n for n in nodes if n.group == group]
+
+
+def _token_labels(labels: Sequence[str] | Mapping[int, str] | None, nodes: list[Any]) -> Callable[[int], str]:
+    ids = {n.prefix[-1] for n in nodes}
+    if labels is None:
+        return str
+    if isinstance(labels, Mapping):
+        missing = sorted(ids - set(labels))
+        if missing:
+            raise ValueError(f"prefix_tree: labels has no text for token id(s) {missing}")
+        return lambda i: str(labels[i])
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise TypeError(f"prefix_tree: labels must be a sequence indexed by token id or a mapping, "
+                        f"got {type(labels).__name__}")
+    if max(ids) >= len(labels):
+        raise ValueError(f"prefix_tree: labels has {len(labels)} entries but token id {max(ids)} occurs "
+                         "(include EOS, e.g. (*task.vocab, '.'))")
+    return lambda i: str(labels[i])
+
+
+def _row_labels(name: str, labels: Sequence[str] | Mapping[int, str] | None) -> dict[int, str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, Mapping):
+        return {int(k): str(v) for k, v in labels.items()}
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise TypeError(f"prefix_tree: {name} must be a sequence indexed by row or a mapping row -> text, "
+                        f"got {type(labels).__name__}")
+    return {i: str(v) for i, v in enumerate(labels)}
+
+
+def _leaf_positions(nodes: list[Any], rows: list[int]) -> dict[int, float]:
+    """Rows in trie order (sorted by their token sequence), one vertical slot each."""
+    path = {row: () for row in rows}
+    for node in nodes:
+        for row in node.members:
+            if len(node.prefix) > len(path[row]):
+                path[row] = node.prefix
+    order = sorted(rows, key=lambda r: (path[r], r))
+    return {row: float(i) for i, row in enumerate(order)}
+
+
+def _is_leaf(node: Any, nodes: list[Any]) -> bool:
+    """No node continues this one's prefix (its completions end here)."""
+    return not any(n.depth == node.depth + 1 and n.prefix[:-1] == node.prefix for n in nodes)
+
+
+def _signed(value: float, digits: int) -> str:
+    if value == 0:
+        return "0"
+    text = f"{value:+.{digits}f}"
+    return text if float(text) != 0 else f"{value:+.1e}"
+
+
+def _luminance(rgba: Sequence[float]) -> float:
+    r, g, b = rgba[:3]
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b

@@ -98,6 +98,8 @@ def solution_problems(notebook: nbformat.NotebookNode) -> list[str]:
                 problems.append(f"cell {index}: the solution to {label} needs ':class: dropdown'")
             if label not in exercises:
                 problems.append(f"cell {index}: solution to {label}, but no exercise {label} above it")
+            if not cell.source.rstrip().endswith(match.group(1)):  # the student notebooks drop the cell
+                problems.append(f"cell {index}: the solution to {label} must end its markdown cell")
     return problems
 
 
@@ -123,6 +125,7 @@ def test_source_checks_catch_what_they_guard():
         nbformat.v4.new_markdown_cell(":::{solution} ch-a\n:class: dropdown\n\nDone.\n:::"),
         nbformat.v4.new_markdown_cell("Text\n\n:::{solution} ch-a\n\nOpen.\n:::"),
         nbformat.v4.new_markdown_cell(":::{solution} ch-b\n:class: dropdown\n\nNo exercise.\n:::"),
+        nbformat.v4.new_markdown_cell(":::{solution} ch-a\n:class: dropdown\n\nDone.\n:::\n\n## Takeaways"),
     ]
     assert undefined_eval_names(notebook) == [
         "cell 0: {eval}`f'{late:.2f}'` uses ['late'], not defined above",
@@ -132,6 +135,7 @@ def test_source_checks_catch_what_they_guard():
         "cell 6: the solution to ch-a must start its own markdown cell",
         "cell 6: the solution to ch-a needs ':class: dropdown'",
         "cell 7: solution to ch-b, but no exercise ch-b above it",
+        "cell 8: the solution to ch-a must end its markdown cell",
     ]
 
 

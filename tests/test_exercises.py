@@ -396,3 +396,86 @@ def test_ch04_safe_scale():
     assert not exercises.check_safe_scale(None, sqrt_v_hat=3e-4, eps=1e-8)
     with pytest.raises(ValueError, match="tolerance"):
         exercises.check_safe_scale(1.0, sqrt_v_hat=3e-4, eps=1e-8, tolerance=1.5)
+# --- chapter 3
+CH03_GROUPS = [((2, 4, 6, 8), (1, 1, 0, 0)), ((2, 4, 6, 8), (0, 0, 1, 1)), ((3, 3, 5, 5), (1, 0, 1, 0)),
+               ((2, 8, 8, 8), (0, 1, 1, 1))]
+CH03_PARTIAL = dict(lengths=(2, 3, 5, 2, 4, 6), rewards=(1, 0, 1, 1, 0, 0), members=[0, 1, 2])
+CH03_LOGITS = [0.0, 0.0, math.log(4.0)]
+
+
+@pytest.mark.parametrize(("weighting", "preset"),
+                         [("grpo", "grpo_r1"), ("dr_grpo", "dr_grpo"), ("dapo", "dapo")])
+def test_ch03_w_agg_reference_agrees_with_the_objective_and_the_trie(weighting, preset):
+    """The pure-Python W_agg equals the trie's node value on the shared first token (σ switched off)."""
+    from companion import exercises, prefix
+
+    for lengths, rewards in CH03_GROUPS:
+        mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).double()
+        tokens = torch.zeros(mask.shape, dtype=torch.long)  # every completion shares every token it has
+        objective = Objective.preset(preset, beta=0.0, std_scale=None)
+        adv = objective.advantages(torch.tensor(rewards, dtype=torch.float64), len(lengths))
+        out = objective.loss(torch.zeros_like(mask), torch.zeros_like(mask), adv, mask)
+        (root,) = [n for n in prefix.trie(tokens, mask, out.weights, adv, len(lengths)) if n.depth == 0]
+        assert exercises.w_agg_reference(lengths, rewards, weighting) == pytest.approx(root.w_agg, abs=1e-15)
+
+
+def test_ch03_w_agg_signs():
+    from companion.exercises import check_w_agg_signs
+
+    assert check_w_agg_signs([1, -1, 0, -1], CH03_GROUPS).passed
+    assert check_w_agg_signs(np.array([0, 0, 0, 0]), CH03_GROUPS, "dr_grpo").passed
+    assert "flipped" in check_w_agg_signs([-1, 1, 0, 1], CH03_GROUPS).message
+    wrong = check_w_agg_signs([1, -1, 1, -1], CH03_GROUPS)
+    assert not wrong and "[2]" in wrong.message and "1/|o_i|" in wrong.hint
+    assert "+1, -1 or 0" in check_w_agg_signs([0.5, -1, 0, -1], CH03_GROUPS).message
+    assert "4 signs" in check_w_agg_signs([1], CH03_GROUPS).message
+    assert not check_w_agg_signs(None, CH03_GROUPS)
+    with pytest.raises(ValueError, match="weighting"):
+        check_w_agg_signs([1], CH03_GROUPS[:1], "gspo")
+    with pytest.raises(ValueError, match="same group"):
+        check_w_agg_signs([1], [((2, 3), (1, 0, 1))])
+
+
+def test_ch03_partial_prefix_weights():
+    from companion.exercises import check_partial_prefix_weights
+
+    assert check_partial_prefix_weights([1, 2, 1, 2, 1, 1], **CH03_PARTIAL).passed
+    assert check_partial_prefix_weights([3, 5, 2, 4, 1.5, 2.5], **CH03_PARTIAL).passed
+    constant = check_partial_prefix_weights([1] * 6, **CH03_PARTIAL)
+    assert not constant and "Constant weights" in constant.message and "0.5" in constant.message
+    whole = check_partial_prefix_weights([1, 2, 1, 1, 1, 1], **CH03_PARTIAL)
+    assert not whole and "whole-group sum" in whole.message and "partial" not in whole.message
+    assert "> 0" in check_partial_prefix_weights([1, 1, 0, 1, 1, 0], **CH03_PARTIAL).message
+    assert "6 weights" in check_partial_prefix_weights([1, 2], **CH03_PARTIAL).message
+    assert not check_partial_prefix_weights(None, **CH03_PARTIAL)
+    with pytest.raises(ValueError, match="members"):
+        check_partial_prefix_weights([1] * 6, CH03_PARTIAL["lengths"], CH03_PARTIAL["rewards"], range(6))
+
+
+def test_ch03_expected_prefix_step_matches_the_average_over_sampled_prefixes():
+    """The checker's expectation, against torch: the exact average of lr·w·∇_z log softmax(z)_y over y ~ p."""
+    from companion.exercises import check_expected_prefix_step, expected_prefix_step
+
+    z = torch.tensor(CH03_LOGITS, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(z.detach(), -1)
+    average = torch.zeros(3, dtype=torch.float64)
+    for y in range(3):
+        (grad,) = torch.autograd.grad(torch.log_softmax(z, -1)[y], z)
+        average += p[y] * 20 * 0.01 * grad
+        if y == 2:
+            forced = 20 * 0.01 * grad
+    np.testing.assert_allclose(expected_prefix_step(CH03_LOGITS, 2, 0.01, 20, "sampled"), average, atol=1e-17)
+    np.testing.assert_allclose(expected_prefix_step(CH03_LOGITS, 2, 0.01, 20, "forced"), forced, rtol=1e-12)
+    assert check_expected_prefix_step(forced.tolist(), CH03_LOGITS, 2, 0.01, 20, "forced").passed
+    assert check_expected_prefix_step([0.0, 0.0, 0.0], CH03_LOGITS, 2, 0.01, 20, "sampled").passed
+    swapped = check_expected_prefix_step(forced.tolist(), CH03_LOGITS, 2, 0.01, 20, "sampled")
+    assert not swapped and "forced prefix" in swapped.message
+    missing_p = check_expected_prefix_step([0.0, 0.0, 0.2], CH03_LOGITS, 2, 0.01, 20, "forced")
+    assert not missing_p and "−p part" in missing_p.message
+    flipped = check_expected_prefix_step((-forced).tolist(), CH03_LOGITS, 2, 0.01, 20, "forced")
+    assert not flipped and "sign flipped" in flipped.message
+    assert not check_expected_prefix_step(None, CH03_LOGITS, 2, 0.01, 20, "forced")
+    with pytest.raises(ValueError, match="mode"):
+        check_expected_prefix_step([0.0] * 3, CH03_LOGITS, 2, 0.01, 20, "shared")
+    with pytest.raises(ValueError, match="token"):
+        check_expected_prefix_step([0.0] * 3, CH03_LOGITS, 3, 0.01, 20, "forced")

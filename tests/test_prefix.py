@@ -81,3 +81,118 @@ def test_bad_input():
         prefix.trie(tokens, ones, ones, torch.zeros(3), 2)
     with pytest.raises(ValueError, match="group_size"):
         prefix.trie(tokens, ones, ones, torch.zeros(4), 3)
+
+
+# --- prefix_forces: the first-step force on a prefix, group by group (App. B.2, score-function identity) ----
+def _group_gradient_on_logit(policy, task, objective, prompt_idx, completions, group, group_size, position,
+                             token):
+    """Independent reference: autograd through the tabular policy on one group's loss alone; the gradient of
+    J (= −loss) on the logit of ``token`` at the node before ``position`` of that group's first completion."""
+    rows = slice(group * group_size, (group + 1) * group_size)
+    prompts, tokens = prompt_idx[:, rows], completions[:, rows]
+    policy.zero_grad()
+    logp, entropy = policy.logprobs(task, prompts, tokens)
+    mask = task.completion_mask(tokens[0]).double()
+    adv = objective.advantages(task.reward(prompts, tokens)[0].double(), group_size)
+    old = logp[0].detach()
+    out = objective.loss(logp[0], old, adv, mask, ref_logprobs=old, tokens=tokens[0], entropies=entropy[0],
+                         group_size=group_size)
+    out.loss.backward()
+    node = int(policy.node_ids(tokens[0, :1])[0, position])
+    return -float(policy.logits.grad[0, int(prompts[0, 0]), node, token])
+
+
+@pytest.mark.parametrize(("mode", "template", "position", "token"),
+                         [("forced", "##", 0, None), ("forced", "##", 1, None), ("shared", "##", 1, None),
+                          ("sampled", "", 0, 1)])
+@pytest.mark.parametrize("name", ["grpo_r1", "dr_grpo", "dapo"])
+def test_prefix_forces_equal_autograd_through_the_policy_per_group(mode, template, position, token, name):
+    task = cp.make_task("pick", template=template, template_mode=mode, length="short", alphabet="ab")
+    policy = cp.TabularPolicy.for_task(task, init_scale=0.7, seed=2, dtype=torch.float64)
+    objective = cp.Objective.preset(name)
+    forces = prefix.prefix_forces(policy, task, objective, groups=5, group_size=4, position=position,
+                                  token=token, seed=11)
+    prompt_idx, completions = prefix._sample_groups(policy, task, 5, 4, 11)
+    probe = forces.token
+    for g in range(5):
+        expected = _group_gradient_on_logit(policy, task, objective, prompt_idx, completions, g, 4, position,
+                                            probe)
+        assert forces.logit[g].item() == pytest.approx(expected, abs=1e-15)
+    if mode != "sampled":  # the whole group shares the prefix: the push is the node's W_agg (App. B.2)
+        logp, _ = policy.logprobs(task, prompt_idx, completions)
+        rewards = task.reward(prompt_idx, completions)[0].double()
+        adv = objective.advantages(rewards, 4)
+        for g in range(5):
+            rows = slice(4 * g, 4 * g + 4)
+            lp = logp[0, rows].detach()
+            out = objective.loss(lp, lp, adv[rows], task.completion_mask(completions[0, rows]).double(),
+                                 ref_logprobs=lp)
+            nodes = prefix.trie(completions[0, rows], task.completion_mask(completions[0, rows]), out.weights,
+                                adv[rows], 4)
+            (node,) = [n for n in nodes if n.depth == position]
+            assert node.whole_group and forces.push[g].item() == pytest.approx(node.w_agg, abs=1e-15)
+
+
+def test_forced_template_is_pushed_on_average_a_sampled_one_is_not():
+    """GRPO's 1/|o_i| weights with short answers winning: the forced template's logit has a positive expected
+    force, many standard errors away from 0; sampled once per group, its expected force is 0 (score
+    function)."""
+    results = {}
+    for mode in ("forced", "shared"):
+        task = cp.make_task("pick", template="#", template_mode=mode, length="short", alphabet="ab")
+        policy = cp.TabularPolicy.for_task(task, num_seeds=4, dtype=torch.float64)
+        results[mode] = prefix.prefix_forces(policy, task, cp.Objective.preset("grpo_r1"), groups=256)
+    forced, shared = results["forced"].mean(), results["shared"].mean()
+    assert forced.n == shared.n == 4 * 256
+    assert forced.z > 6 and abs(shared.z) < 3
+    assert results["forced"].mean("push").z > 6 and results["shared"].mean("push").z > 6  # E[W_agg] > 0
+
+
+def test_constant_weights_give_no_push_with_exact_advantages():
+    """Dr GRPO, rewards in {0, 1/2, 3/4, 1} and G = 8: every Σ A_i is exact, so every group's push is 0.0."""
+    task = cp.make_task("pick", template="#", template_mode="forced", length="short", alphabet="ab")
+    policy = cp.TabularPolicy.for_task(task, num_seeds=2, dtype=torch.float64)
+    forces = prefix.prefix_forces(policy, task, cp.Objective.preset("dr_grpo"), groups=64)
+    assert torch.equal(forces.push, torch.zeros(128, dtype=torch.float64))
+    assert forces.logit.abs().max() < 1e-15  # (1 − p) and p of the logit force round separately
+
+
+def test_prefix_forces_on_a_gru_policy():
+    task = cp.make_task("pick", template="##", template_mode="forced", length="long", alphabet="ab")
+    policy = cp.GRUPolicy.for_task(task, hidden=8, dtype=torch.float64)
+    forces = prefix.prefix_forces(policy, task, cp.Objective.preset("grpo_r1"), groups=16, position=1)
+    assert forces.logit.shape == forces.push.shape == (16,)
+    assert forces.logit.dtype == torch.float64 and (forces.position, forces.token) == (1, 2)
+
+
+def test_estimate_is_the_mean_and_its_standard_error():
+    samples = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    est = prefix.Estimate.of(samples)
+    assert est.mean == pytest.approx(3.5) and est.n == 4
+    assert est.stderr == pytest.approx(float(torch.tensor([1.0, 2.0, 4.0, 7.0]).std()) / 2)
+    assert est.z == pytest.approx(3.5 / est.stderr) and "± " in str(est)
+    assert prefix.Estimate.of([0.0, 0.0]).z == 0.0 and prefix.Estimate.of([1.0, 1.0]).z == float("inf")
+    with pytest.raises(ValueError, match="at least 2"):
+        prefix.Estimate.of([1.0])
+    with pytest.raises(ValueError, match="finite"):
+        prefix.Estimate.of([1.0, float("nan")])
+
+
+def test_prefix_forces_bad_input():
+    task = cp.make_task("pick", template="#", template_mode="forced", alphabet="ab")
+    policy = cp.TabularPolicy.for_task(task)
+    obj = cp.Objective.preset("grpo_r1")
+    with pytest.raises(ValueError, match="groups"):
+        prefix.prefix_forces(policy, task, obj, groups=1)
+    with pytest.raises(ValueError, match="group_size"):
+        prefix.prefix_forces(policy, task, obj, group_size=1)
+    with pytest.raises(ValueError, match="position"):
+        prefix.prefix_forces(policy, task, obj, position=task.max_new_tokens)
+    with pytest.raises(ValueError, match="give token="):
+        prefix.prefix_forces(policy, task, obj, position=1)
+    with pytest.raises(ValueError, match="token"):
+        prefix.prefix_forces(policy, task, obj, token=task.eos_id + 1)
+    with pytest.raises(TypeError, match="companion policy"):
+        prefix.prefix_forces(object(), task, obj)
+    with pytest.raises(ValueError, match="which"):
+        prefix.prefix_forces(policy, task, obj, groups=2).mean("both")

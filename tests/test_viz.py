@@ -338,3 +338,87 @@ def test_a_bad_alt_is_an_error_that_names_the_controls():
         viz.explorer(bar_chart, height=[1, 2], colour=["C0"], alt="bar of {width}")
     with pytest.raises(TypeError, match="alt must be a string or a callable"):
         viz.explorer(bar_chart, height=[1, 2], colour=["C0"], alt=3)
+# prefix_tree: the trie of one group coloured by W_agg (chapter 3)
+def _tree_nodes():
+    """Two groups of four completions over tokens {0, 1} + EOS = 2: a shared first token, then a split."""
+    import torch
+
+    from companion import prefix
+
+    tokens = torch.tensor([[0, 0, 2], [0, 1, 2], [0, 1, 2], [0, 0, 2],
+                           [1, 2, 2], [1, 0, 2], [0, 2, 2], [1, 1, 2]])
+    mask = torch.tensor([[1, 1, 1]] * 4 + [[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.float64)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    adv = rewards - rewards.view(2, 4).mean(1).repeat_interleave(4)
+    weights = mask / mask.sum(1, keepdim=True) / 4  # 1/(G|o_i|): W_agg != 0 where lengths differ
+    return prefix.trie(tokens, mask, weights, adv, 4), adv
+
+
+def _node_boxes(ax):
+    """The token boxes drawn (texts with a bbox), the prompt box first."""
+    return [t for t in ax.texts if t.get_bbox_patch() is not None]
+
+
+def test_prefix_tree_draws_every_node_with_its_value_and_a_diverging_colour():
+    import numpy as np
+
+    nodes, _ = _tree_nodes()
+    fig, ax = plt.subplots()
+    out = viz.prefix_tree(nodes, group=0, labels=("a", "b", "."), leaf_labels=["r=1", "r=0", "r=0", "r=1"],
+                          root_label="x", ax=ax, colorbar=False, digits=3)
+    assert out is ax
+    group0 = [n for n in nodes if n.group == 0]
+    boxes = _node_boxes(ax)
+    assert len(boxes) == len(group0) + 1 and boxes[0].get_text() == "x"
+    texts = [t.get_text() for t in ax.texts]
+    for node in group0:  # the value is written out: the second carrier besides colour
+        assert viz._signed(node.w_agg, 3) in texts
+    root = next(n for n in group0 if n.depth == 0)
+    assert root.whole_group and root.w_agg == pytest.approx(0.0, abs=1e-15)  # equal lengths: cancels
+    by_value = {round(n.w_agg, 12): box for n, box in zip(group0, boxes[1:], strict=True)}
+    positive = by_value[max(by_value)].get_bbox_patch().get_facecolor()
+    negative = by_value[min(by_value)].get_bbox_patch().get_facecolor()
+    white = plt.get_cmap("BrBG")(0.5)
+    assert positive[1] > positive[0] and negative[0] > negative[2]  # green-ish above 0, brown-ish below
+    assert np.allclose(_node_boxes(ax)[1].get_bbox_patch().get_facecolor(), white, atol=0.01)  # the root
+    assert "r=1 (×2)" in texts and "r=0 (×2)" in texts  # identical completions end in one leaf
+    plt.close(fig)
+
+
+def test_prefix_tree_second_group_colorbar_and_default_labels():
+    nodes, _ = _tree_nodes()
+    ax = viz.prefix_tree(nodes, group=1, vmax=0.5, title="group 2")
+    assert ax.get_title() == "group 2" and len(ax.figure.axes) == 2  # the colour bar
+    assert {t.get_text() for t in _node_boxes(ax)} >= {"x", "0", "1", "2"}  # ids without labels
+    root_values = [n.w_agg for n in nodes if n.group == 1 and n.depth == 0]
+    assert len(root_values) == 2 and sum(root_values) == pytest.approx(0.0, abs=1e-15)
+    plt.close(ax.figure)
+
+
+def test_prefix_tree_bad_input_names_the_argument():
+    nodes, _ = _tree_nodes()
+    with pytest.raises(ValueError, match="non-empty list"):
+        viz.prefix_tree([])
+    with pytest.raises(TypeError, match=r"cp\.prefix\.Node"):
+        viz.prefix_tree([1, 2])
+    with pytest.raises(ValueError, match=r"group=5 .* groups present: \[0, 1\]"):
+        viz.prefix_tree(nodes, group=5)
+    with pytest.raises(ValueError, match="vmax"):
+        viz.prefix_tree(nodes, vmax=0.0)
+    with pytest.raises(ValueError, match="digits"):
+        viz.prefix_tree(nodes, digits=-1)
+    with pytest.raises(ValueError, match="include EOS"):
+        viz.prefix_tree(nodes, labels=("a", "b"))
+    with pytest.raises(ValueError, match="token id"):
+        viz.prefix_tree(nodes, labels={0: "a"})
+    with pytest.raises(TypeError, match="labels"):
+        viz.prefix_tree(nodes, labels="ab.")
+    with pytest.raises(TypeError, match="leaf_labels"):
+        viz.prefix_tree(nodes, leaf_labels=3)
+    plt.close("all")
+
+
+def test_signed_values_keep_their_sign_when_rounding_would_hide_it():
+    assert viz._signed(0.0, 3) == "0"
+    assert viz._signed(0.0123, 3) == "+0.012"
+    assert viz._signed(-2e-7, 3) == "-2.0e-07"
