@@ -466,6 +466,7 @@ def trust_region_columns(before: Tensor, after: Tensor, old: Tensor, mask: Tenso
       further from s = 1, mean over those tokens of sign(log s) * (change of log s); 0 when there were none.
       Their own gradient is 0, so this is motion caused by momentum or by other tokens' gradients (Prop. 3);
     - ``clipped_motion_after``: the same tokens' mean |change of log s|, in either direction.
+
     The last three are NaN without ``clipped_*`` (an objective that is not a companion Objective).
     """
     log_s = before - old
