@@ -608,6 +608,7 @@ def svg_lines(series: Mapping[str, Sequence[float]], x: Sequence[float], *, titl
     told apart by colour *and* dash pattern, with a legend; ``hline`` draws a dotted reference level.
 
     ``ylim`` fixes the vertical range (so that frames of an explorer compare); default: the data's range.
+    The horizontal ticks are the x values themselves when they are at most ten whole numbers.
     Non-finite values break a line. The chart's ``<title>`` (read by screen readers) is ``title``.
     """
     if not series:
@@ -638,7 +639,9 @@ def svg_lines(series: Mapping[str, Sequence[float]], x: Sequence[float], *, titl
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
                      f'stroke="currentColor" stroke-opacity="0.15"/><text x="{left - 4}" y="{y + 3:.1f}" '
                      f'text-anchor="end" fill="currentColor">{tick:g}</text>')
-    for tick in _nice_ticks(x0, x1, 4):
+    whole = all(float(v).is_integer() for v in xs)
+    xticks = sorted(set(xs)) if whole and len(set(xs)) <= 10 else _nice_ticks(x0, x1, 4)
+    for tick in xticks:
         parts.append(f'<text x="{px(tick):.1f}" y="{top + plot_h + 12}" text-anchor="middle" '
                      f'fill="currentColor">{tick:g}</text>')
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" '

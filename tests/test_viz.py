@@ -266,6 +266,7 @@ def test_svg_lines_is_well_formed_and_draws_each_series_with_its_own_dash():
     assert lines[0].get("stroke-dasharray") != lines[2].get("stroke-dasharray")
     texts = [t.text for t in root.iter(f"{ns}text")]
     assert "β1 = 0 & <SGD>" in texts and "inner step" in texts
+    assert {"1", "2", "3", "4"} <= set(texts) and "1.5" not in texts  # whole-number x: those ticks
 
 
 def test_svg_lines_fixed_range_clips_and_bad_input_is_named():
