@@ -752,3 +752,114 @@ def check_expected_prefix_step(answer: Any, logits: Any, token: int, w_agg: floa
          "The softmax couples the logits: raising one token's log-probability lowers the others."),
     ]
     return name_the_mistake(result, answer, mistakes, rtol=1e-6, atol=1e-12)
+# --- chapter 5 ---
+# Momentum past the clip: C_T (Eq. 32), the distance Adam still travels once the clip has zeroed the
+# gradient (Eqs. 36-37), and the largest μ that keeps that distance under a bound. Pure Python (written
+# out from App. D, not through companion.theory), so the expected values do not depend on the code under
+# study; tests/test_exercises.py checks that the two agree.
+
+
+def _ch05_betas(beta1: float, beta2: float) -> None:
+    if not (0.0 <= beta1 < 1.0 and 0.0 < beta2 < 1.0):
+        raise ValueError(f"need 0 <= beta1 < 1 and 0 < beta2 < 1, got beta1={beta1!r}, beta2={beta2!r}")
+
+
+def _ch05_whole(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def ch05_step_ratio(beta1: float, beta2: float, T: int, k: int) -> float:
+    """C_{T,k} = ‖u_{T+k}‖/‖u_{T−1}‖ with ε = 0 (Eq. 36): the gradient is g for steps 1..T−1, then 0."""
+    _ch05_betas(beta1, beta2)
+    _ch05_whole("T", T, 2)
+    _ch05_whole("k", k, 0)
+    momentum = beta1 ** (k + 1) * (1 - beta1 ** (T - 1)) / (1 - beta1 ** (T + k))
+    root_v = math.sqrt(beta2 ** (k + 1) * (1 - beta2 ** (T - 1)) / (1 - beta2 ** (T + k)))
+    return momentum / root_v
+
+
+def ch05_drift(beta1: float, beta2: float, T: int, K: int) -> float:
+    """Σ_{k=0}^{K−1} C_{T,k}: how far the K steps after the gradient vanished carry the parameter, in units
+    of the last gradient step lr·‖u_{T−1}‖ (= lr for a constant scalar gradient)."""
+    _ch05_whole("K", K, 0)
+    return math.fsum(ch05_step_ratio(beta1, beta2, T, k) for k in range(K))
+
+
+def check_c_t(answer: Any, beta1: float, beta2: float, T: int) -> Check:
+    """Chapter 5: C_T of Eq. 32 for (β1, β2, T), the ratio of the first step after the gradient vanished to
+    the last step before it."""
+    expected = ch05_step_ratio(beta1, beta2, T, 0)
+    name = f"C_T for β1 = {beta1:g}, β2 = {beta2:g}, T = {T}"
+    hint = ("Eq. 32 has two factors, both from the bias corrections: β1(1 − β1^(T−1))/(1 − β1^T) for m̂ and "
+            "√[(1 − β2^T)/(β2 (1 − β2^(T−1)))] for 1/√v̂.")
+    result = check_close(name, answer, expected, rtol=1e-4, atol=1e-9, hint=hint)
+    limit = beta1 / math.sqrt(beta2)
+    mistakes = [
+        ("the large-T limit β1/√β2 (Eq. 33)", limit,
+         "The limit holds once β1^T and β2^T are ≈ 0; at this T the bias corrections still matter."),
+        ("the momentum factor alone", beta1 * (1 - beta1 ** (T - 1)) / (1 - beta1**T),
+         "v̂ shrinks too after the gradient vanishes, and the step divides by √v̂: include that factor."),
+        ("the v̂ factor without its square root",
+         beta1 * (1 - beta1 ** (T - 1)) / (1 - beta1**T) * (1 - beta2**T) / (beta2 * (1 - beta2 ** (T - 1))),
+         "The step divides by √v̂, so the v̂ ratio enters under a square root."),
+    ]
+    return name_the_mistake(result, answer, mistakes, rtol=1e-4, atol=1e-9)
+
+
+def check_post_clip_drift(answer: Any, beta1: float, beta2: float, T: int, K: int) -> Check:
+    """Chapter 5: how far the K steps after the gradient vanished (steps T, ..., T+K−1) carry a scalar
+    parameter whose gradient was a constant g for steps 1..T−1, in units of lr (ε = 0, no weight decay):
+    Σ_{k=0}^{K−1} C_{T,k} (Eq. 36)."""
+    expected = ch05_drift(beta1, beta2, T, K)
+    name = (f"drift after the gradient vanished, in units of lr (β1 = {beta1:g}, β2 = {beta2:g}, T = {T}, "
+            f"K = {K})")
+    hint = ("The last step before the gradient vanished has size lr (m̂/√v̂ = g/|g| for a constant g); the "
+            "next K steps have sizes lr·C_{T,0}, ..., lr·C_{T,K−1}: add them up (Eq. 36).")
+    result = check_close(name, answer, expected, rtol=1e-4, atol=1e-9, hint=hint)
+    rho = beta1 / math.sqrt(beta2)
+    mistakes = [
+        ("the large-T form Σ (β1/√β2)^(k+1) (Eq. 37)", math.fsum(rho ** (k + 1) for k in range(K)),
+         "Eq. 37 needs a large T; with a small T use the exact C_{T,k} of Eq. 36."),
+        ("the limit for K → ∞ and T → ∞, β1/(√β2 − β1)", rho / (1 - rho) if rho < 1 else None,
+         "That is where the drift ends after infinitely many steps of a long run; K and T are finite here."),
+        ("one step too many (k = 0, ..., K)", ch05_drift(beta1, beta2, T, K + 1),
+         "K steps after the gradient vanished are k = 0, ..., K − 1."),
+        ("one step too few", ch05_drift(beta1, beta2, T, K - 1) if K >= 1 else None,
+         "Count the first step after the gradient vanished too (k = 0, C_{T,0} = C_T)."),
+    ]
+    return name_the_mistake(result, answer, mistakes, rtol=1e-4, atol=1e-9)
+
+
+def ch05_largest_mu(beta1: float, beta2: float, T: int, bound: float) -> int:
+    """The largest number of inner steps μ ≥ T − 1 for which the steps after a token's gradient vanished
+    (steps T, ..., μ: K = μ − T + 1 of them) carry it at most ``bound`` (units of lr) further."""
+    if not bound >= 0:
+        raise ValueError(f"bound must be >= 0, got {bound!r}")
+    rho = beta1 / math.sqrt(beta2)
+    if rho >= 1 or bound >= ch05_drift(beta1, beta2, T, 2000):
+        raise ValueError(f"every μ keeps the drift below {bound!r} for beta1={beta1!r}, beta2={beta2!r}, "
+                         f"T={T!r} (or the drift does not converge): choose a smaller bound")
+    K = 0
+    while ch05_drift(beta1, beta2, T, K + 1) <= bound:
+        K += 1
+    return T - 1 + K
+
+
+def check_largest_mu(answer: Any, beta1: float, beta2: float, T: int, bound: float) -> Check:
+    """Chapter 5: a fresh Adam(β1, β2) takes μ inner steps on one batch; a token's gradient is clipped away
+    from step T on (its ratio left the clip range after T − 1 steps). The largest μ for which the momentum
+    carries it at most ``bound`` lr further than the last gradient step (scalar model, ε = 0)."""
+    expected = ch05_largest_mu(beta1, beta2, T, bound)
+    name = f"largest μ with post-clip drift ≤ {bound:g}·lr (β1 = {beta1:g}, β2 = {beta2:g}, T = {T})"
+    hint = ("Steps T, ..., μ come after the gradient vanished: K = μ − T + 1 of them. Add C_{T,0}, C_{T,1}, "
+            "... while the sum stays within the bound.")
+    result = check_close(name, answer, expected, rtol=0.0, atol=1e-9, hint=hint)
+    mistakes = [
+        ("the number K of post-clip steps, not μ", expected - T + 1, "μ counts the T − 1 steps before the "
+         "clip too: μ = T − 1 + K."),
+        ("one step too many: the drift then exceeds the bound", expected + 1,
+         "Stop at the last μ whose total stays within the bound."),
+    ]
+    return name_the_mistake(result, answer, mistakes, rtol=0.0, atol=1e-9)

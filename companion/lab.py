@@ -54,7 +54,8 @@ class History:
     template tokens. ``outer_step`` and ``inner_step`` are (R,) integers. Columns: reward, accuracy, length,
     tied_fraction (groups with equal rewards), entropy, kl_old, kl_ref, ratio_min, ratio_max, loss, the
     objective's scalar diagnostics (clip fractions, policy_loss, regulariser), ``prefix_prob``
-    (with a template) and ``opt_*`` (optimizer diagnostics, when the optimizer keeps a ``history``).
+    (with a template), ``opt_*`` (optimizer diagnostics, when the optimizer keeps a ``history``), and
+    with ``train(after_step=True)`` / ``train(target_kl=...)`` the ``*_after`` columns and ``stopped``.
     """
 
     columns: dict[str, np.ndarray]
@@ -295,7 +296,7 @@ def _optimizer_columns(optimizer: torch.optim.Optimizer, first_row: int, rows: i
 def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: OptimizerSpec = None, lr: float = 1e-2,
           steps: int = 50, group_size: int = 8, prompts_per_step: int = 4, inner_steps: int = 1,
           seed: int = 0, sampling: Sampling = "on_policy", device: str | torch.device | None = None,
-          progress: bool | None = None) -> History:
+          progress: bool | None = None, after_step: bool = False, target_kl: float | None = None) -> History:
     """Train ``policy`` on ``task`` with ``objective`` for ``steps`` outer steps; return the History.
 
     optimizer: a torch optimizer over ``policy.parameters()``, a callable ``params -> optimizer`` (e.g.
@@ -307,8 +308,14 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
     device: None picks CUDA when present, else CPU (with ``COMPANION_THREADS`` threads, default 1).
     progress: a progress line (``cp.notebook.Progress``); None shows one when the run looks longer than a
         few seconds, outside pytest.
+    after_step: also record how far each update took the policy from pi_old (one more forward pass):
+        ``kl_old_after``, ``ratio_dev_after``, ``past_clip_after``, ``clipped_drift_after``,
+        ``clipped_motion_after`` (see :func:`trust_region_columns`).
+    target_kl: stop the inner loop of a seed once its KL(pi_old || pi_theta) estimate exceeds this (see
+        :func:`_step_unless_stopped`); the ``stopped`` column says which steps were skipped.
     """
     _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling)
+    _check_trust_region(policy, target_kl)
     dev = resolve_device(device)
     with cpu_threads(dev):
         policy.to(dev)
@@ -324,7 +331,7 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
             batch = _rollout(policy, reference, task, objective, generators, prompts_per_step, group_size,
                              sampling, dev)
             for i in range(inner_steps):
-                row = _inner_step(policy, task, objective, opt, batch)
+                row = _inner_step(policy, task, objective, opt, batch, after_step, target_kl)
                 row["outer_step"], row["inner_step"] = torch.tensor([k]), torch.tensor([i])
                 for name, value in row.items():
                     records.setdefault(name, []).append(value.detach())
@@ -333,7 +340,8 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
             line.close()
     config = dict(task=task.name, objective=getattr(objective, "name", type(objective).__name__),
                   steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
-                  inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev))
+                  inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev),
+                  target_kl=target_kl)
     columns = _stack(records)
     columns.update(_optimizer_columns(opt, first_opt_row, steps * inner_steps))
     return History(columns, policy.num_seeds, config)
@@ -352,6 +360,7 @@ class Batch:
     ref_logprobs: Tensor  # (S, N, T)
     group_size: int
     old_logprobs: Tensor | None = None  # (S, N, T), set by the first inner step
+    stopped: Tensor | None = None  # (S,) bool: seeds whose inner loop stopped (target_kl)
 
 
 @torch.no_grad()
@@ -375,8 +384,9 @@ def _rollout(policy: nn.Module, reference: nn.Module, task: Task, objective: Any
 
 
 def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.Optimizer,
-                b: Batch) -> dict[str, Tensor]:
-    """One optimizer step on the fixed batch; returns the record (statistics before the update)."""
+                b: Batch, after_step: bool = False, target_kl: float | None = None) -> dict[str, Tensor]:
+    """One optimizer step on the fixed batch; returns the record (statistics before the update, and after it
+    with ``after_step``)."""
     logp, entropy = policy.logprobs(task, b.prompt_idx, b.completions)
     if b.old_logprobs is None:  # pi_old is theta at the first inner step: reuse that forward pass
         b.old_logprobs = logp.detach()
@@ -386,9 +396,14 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
         fields["prefix_prob"] = _prefix_probs(policy, task, b.prompt_idx, b.completions, logp)
     opt.zero_grad(set_to_none=True)
     fields["loss"].sum().backward()
-    opt.step()
-    check_finite_parameters(policy, opt)
     lp = logp.detach()
+    if target_kl is None:
+        opt.step()
+    else:
+        fields["stopped"] = _step_unless_stopped(policy, opt, b, lp, target_kl)
+    check_finite_parameters(policy, opt)
+    if after_step:
+        fields.update(_after_step_columns(policy, task, objective, b, lp, entropy.detach()))
     row = {
         "reward": b.rewards.mean(1), "accuracy": b.correct.mean(1), "length": b.mask.sum(2).mean(1),
         "tied_fraction": _tied_fraction(b.rewards, b.group_size),
@@ -470,3 +485,120 @@ def _nonfinite_step_message(policy: nn.Module, optimizer: torch.optim.Optimizer)
                 "power-of-two reward scaling bit-exact.")
     return (f"{message} The gradients going in were finite, so the update itself overflowed (or divided by "
             f"nearly 0): lower the learning rate of {optimizer_name}, or check its eps ({eps_values}).")
+
+
+# --- the trust region after each step, and a target-KL early stop (chapter 5) ---------------------------
+def kl_old_estimate(logp: Tensor, old: Tensor, mask: Tensor) -> Tensor:
+    """(S, N, T) -> (S,): KL(pi_old || pi_theta) on the batch, the mean over loss tokens of s - 1 - log s with
+    s = pi_theta / pi_old (k3 with the ratio this way round: >= 0 per token, and unbiased when the batch was
+    sampled from pi_old, i.e. on-policy, because E_old[s] = 1)."""
+    log_s = logp - old
+    return _masked_mean(torch.expm1(log_s) - log_s, mask)
+
+
+def trust_region_columns(before: Tensor, after: Tensor, old: Tensor, mask: Tensor, advantages: Tensor,
+                         clipped_before: Tensor | None, clipped_after: Tensor | None) -> dict[str, Tensor]:
+    """How far one optimizer step took pi_theta from pi_old on the batch, per seed (S,), from the log-probs
+    before and after the step, (S, N, T), the advantages (S, N), and the tokens in the clipped region before
+    and after the step (the objective's ``out.clipped``: Eq. 28's region, where the advantage gradient is 0):
+
+    - ``kl_old_after``: :func:`kl_old_estimate` after the step;
+    - ``ratio_dev_after``: the largest |s - 1| over loss tokens after the step;
+    - ``past_clip_after``: the share of the loss tokens with A != 0 (those the clip can act on) that are in
+      the clipped region after the step (0 when every advantage is 0);
+    - ``clipped_drift_after``: how far the step moved the tokens that were already in the clipped region
+      further from s = 1, mean over those tokens of sign(log s) * (change of log s); 0 when there were none.
+      Their own gradient is 0, so this is motion caused by momentum or by other tokens' gradients (Prop. 3);
+    - ``clipped_motion_after``: the same tokens' mean |change of log s|, in either direction.
+
+    The last three are NaN without ``clipped_*`` (an objective that is not a companion Objective).
+    """
+    log_s = before - old
+    nan = torch.full_like(log_s[:, 0, 0], float("nan"))
+    columns = {"kl_old_after": kl_old_estimate(after, old, mask),
+               "ratio_dev_after": _masked_extreme(torch.expm1(after - old).abs(), mask, largest=True),
+               "past_clip_after": nan, "clipped_drift_after": nan, "clipped_motion_after": nan}
+    if clipped_before is not None and clipped_after is not None:
+        moved, was_clipped = after - before, clipped_before.to(mask.dtype) * mask
+        informative = mask * (advantages != 0).unsqueeze(-1).to(mask.dtype)
+        columns["past_clip_after"] = _masked_mean(clipped_after.to(mask.dtype), informative)
+        columns["clipped_drift_after"] = _masked_mean(torch.sign(log_s) * moved, was_clipped)
+        columns["clipped_motion_after"] = _masked_mean(moved.abs(), was_clipped)
+    return columns
+
+
+def clipped_tokens(objective: Any, logp: Tensor, b: Batch, entropy: Tensor) -> Tensor | None:
+    """(S, N, T) bool: ``out.clipped`` of a companion Objective at these log-probs, None for other objectives.
+
+    The clip decision of a token depends on its own ratio (or its completion's) and advantage only, so the
+    seeds are evaluated as one flattened batch (the loss value itself is not used).
+    """
+    if not isinstance(objective, Objective):
+        return None
+
+    def flat(x: Tensor) -> Tensor:
+        return x.flatten(0, 1)
+
+    out = objective.loss(flat(logp), flat(b.old_logprobs), flat(b.advantages), flat(b.mask),
+                         ref_logprobs=flat(b.ref_logprobs), tokens=flat(b.completions),
+                         entropies=flat(entropy), group_size=b.group_size, validate=False)
+    return out.clipped.view(logp.shape)
+
+
+@torch.no_grad()
+def _after_step_columns(policy: nn.Module, task: Task, objective: Any, b: Batch, before: Tensor,
+                        entropy_before: Tensor) -> dict[str, Tensor]:
+    """:func:`trust_region_columns` of the step just taken (one more forward pass)."""
+    after, entropy = policy.logprobs(task, b.prompt_idx, b.completions)
+    return trust_region_columns(before, after, b.old_logprobs, b.mask, b.advantages,
+                                clipped_tokens(objective, before, b, entropy_before),
+                                clipped_tokens(objective, after, b, entropy))
+
+
+def _check_trust_region(policy: nn.Module, target_kl: float | None) -> None:
+    if target_kl is None:
+        return
+    if not target_kl > 0:
+        raise ValueError(f"target_kl must be > 0 (or None: no early stop), got {target_kl}")
+    seeds = policy.num_seeds
+    for name, p in policy.named_parameters():
+        if seeds > 1 and p.requires_grad and (p.dim() == 0 or p.shape[0] != seeds):
+            raise ValueError(f"target_kl stops seeds one at a time, so every parameter needs a leading seed "
+                             f"axis of {seeds}; {name} has shape {tuple(p.shape)}")
+
+
+@torch.no_grad()
+def _step_unless_stopped(policy: nn.Module, opt: torch.optim.Optimizer, b: Batch, logp: Tensor,
+                         target_kl: float) -> Tensor:
+    """Target-KL early stop: a seed whose :func:`kl_old_estimate`, measured before this step, exceeds
+    ``target_kl`` takes no more steps on this batch. Returns (S,) 1.0 where the step was skipped.
+
+    The optimizer steps as usual, then the parameters and the optimizer state (every state tensor shaped like
+    its parameter: Adam's m and v) of the stopped seeds are put back, so that neither their gradient nor their
+    momentum moves them. The seeds of one tensor share Adam's step counter: it keeps counting for a stopped
+    seed unless every seed has stopped (then it is put back too, and the step is undone exactly). An
+    instrumented optimizer still records the step as taken.
+    """
+    over = kl_old_estimate(logp, b.old_logprobs, b.mask) > target_kl
+    b.stopped = over if b.stopped is None else b.stopped | over
+    if not b.stopped.any():
+        opt.step()
+        return b.stopped.to(logp.dtype)
+    every = bool(b.stopped.all())
+    params = [p for group in opt.param_groups for p in group["params"]]
+    rows = b.stopped.to(params[0].device) if policy.num_seeds > 1 else ...
+    saved = []
+    for p in params:
+        for tensor in _seed_shaped(opt, p, every):
+            index = rows if tensor.shape == p.shape else ...
+            saved.append((tensor, index, tensor[index].clone()))
+    opt.step()
+    for tensor, index, kept in saved:
+        tensor[index] = kept
+    return b.stopped.to(logp.dtype)
+
+
+def _seed_shaped(opt: torch.optim.Optimizer, p: Tensor, every: bool) -> list[Tensor]:
+    """``p`` and its optimizer state tensors shaped like it; with ``every``, the other state tensors too."""
+    state = [v for v in opt.state.get(p, {}).values() if torch.is_tensor(v)]
+    return [p, *(v for v in state if v.shape == p.shape or every)]

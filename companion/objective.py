@@ -383,7 +383,7 @@ class LossOutput:
     - ``ratio``: the importance ratio I = π_θ/π_old (token level, or the sequence ratio on every token);
     - ``clip_fraction_low`` / ``_high``: the fraction of loss tokens whose gradient the clip zeroes
       (A < 0 below 1−ε_low; A > 0 above 1+ε_up; for CISPO the tokens whose IS weight is clipped);
-      ``clip_fraction_dual``: the same for the dual clip (A < 0, s > c).
+      ``clip_fraction_dual``: the same for the dual clip (A < 0, s > c); ``clipped``: those tokens, (N, T).
     """
 
     def __init__(self, ctx: _Context) -> None:
@@ -435,6 +435,12 @@ class LossOutput:
     @property
     def clip_fraction_dual(self) -> Tensor:
         return _token_fraction(self._diagnostics[3], self._ctx.mask)
+
+    @property
+    def clipped(self) -> Tensor:
+        """(N, T) bool: the loss tokens the three clip fractions count (either side, and the dual clip)."""
+        _, low, high, dual = self._diagnostics
+        return (low | high | dual) & (self._ctx.mask > 0)
 
 
 def _clip_range(obj: Objective) -> tuple[float, float]:

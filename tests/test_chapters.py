@@ -98,8 +98,10 @@ def solution_problems(notebook: nbformat.NotebookNode) -> list[str]:
                 problems.append(f"cell {index}: the solution to {label} needs ':class: dropdown'")
             if label not in exercises:
                 problems.append(f"cell {index}: solution to {label}, but no exercise {label} above it")
-            if not cell.source.rstrip().endswith(match.group(1)):  # the student notebooks drop the cell
-                problems.append(f"cell {index}: the solution to {label} must end its markdown cell")
+            alone = cell.source.rstrip().endswith(match.group(1)) and cell.source.count("{solution}") == 1 \
+                and "{exercise}" not in cell.source
+            if not alone:  # the student notebooks drop the whole cell
+                problems.append(f"cell {index}: the solution to {label} must be alone in its markdown cell")
     return problems
 
 
@@ -135,7 +137,7 @@ def test_source_checks_catch_what_they_guard():
         "cell 6: the solution to ch-a must start its own markdown cell",
         "cell 6: the solution to ch-a needs ':class: dropdown'",
         "cell 7: solution to ch-b, but no exercise ch-b above it",
-        "cell 8: the solution to ch-a must end its markdown cell",
+        "cell 8: the solution to ch-a must be alone in its markdown cell",
     ]
 
 

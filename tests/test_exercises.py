@@ -479,3 +479,90 @@ def test_ch03_expected_prefix_step_matches_the_average_over_sampled_prefixes():
         check_expected_prefix_step([0.0] * 3, CH03_LOGITS, 2, 0.01, 20, "shared")
     with pytest.raises(ValueError, match="token"):
         check_expected_prefix_step([0.0] * 3, CH03_LOGITS, 3, 0.01, 20, "forced")
+# --- chapter 5 ---
+from companion import theory  # noqa: E402
+from companion.exercises import (  # noqa: E402
+    ch05_drift,
+    ch05_largest_mu,
+    ch05_step_ratio,
+    check_c_t,
+    check_largest_mu,
+    check_post_clip_drift,
+)
+
+
+@pytest.mark.parametrize(("beta1", "beta2"), [(0.9, 0.95), (0.9, 0.999), (0.0, 0.999), (0.999999, 0.999999)])
+def test_ch05_reference_agrees_with_theory(beta1, beta2):
+    """The checks' pure-Python formulas and companion.theory are written independently; they agree."""
+    for T in (2, 3, 10, 200):
+        for k in (0, 1, 4):
+            assert ch05_step_ratio(beta1, beta2, T, k) == pytest.approx(theory.c_tk(beta1, beta2, T, k),
+                                                                       rel=1e-12, abs=1e-300)
+        drift = theory.drift_after_vanishing(beta1, beta2, T, 6)
+        assert ch05_drift(beta1, beta2, T, 6) == pytest.approx(drift, rel=1e-12, abs=1e-300)
+
+
+def test_ch05_c_t():
+    right = theory.c_t(0.9, 0.999, 3)
+    assert check_c_t(right, 0.9, 0.999, 3).passed and check_c_t(np.float64(right), 0.9, 0.999, 3).passed
+    limit = check_c_t(0.9 / 0.999**0.5, 0.9, 0.999, 3)
+    assert not limit and "large-T limit" in limit.message
+    assert "momentum factor" in check_c_t(0.9 * (1 - 0.9**2) / (1 - 0.9**3), 0.9, 0.999, 3).message
+    assert not check_c_t(None, 0.9, 0.999, 3) and not check_c_t(0.5, 0.9, 0.999, 3)
+    with pytest.raises(ValueError, match="T must"):
+        check_c_t(0.5, 0.9, 0.999, 1)
+    with pytest.raises(ValueError, match="beta"):
+        check_c_t(0.5, 1.0, 0.999, 3)
+
+
+def test_ch05_post_clip_drift():
+    right = theory.drift_after_vanishing(0.9, 0.95, 5, 10)
+    assert check_post_clip_drift(right, 0.9, 0.95, 5, 10).passed
+    large_t = sum((0.9 / 0.95**0.5) ** (k + 1) for k in range(10))
+    assert "large-T form" in check_post_clip_drift(large_t, 0.9, 0.95, 5, 10).message
+    assert "limit" in check_post_clip_drift(theory.drift_limit(0.9, 0.95), 0.9, 0.95, 5, 10).message
+    too_many = theory.drift_after_vanishing(0.9, 0.95, 5, 11)
+    assert "too many" in check_post_clip_drift(too_many, 0.9, 0.95, 5, 10).message
+    assert not check_post_clip_drift(None, 0.9, 0.95, 5, 10)
+    with pytest.raises(ValueError, match="K must"):
+        check_post_clip_drift(1.0, 0.9, 0.95, 5, -1)
+
+
+def test_ch05_largest_mu():
+    mu = ch05_largest_mu(0.9, 0.999, 3, 3.0)
+    K = mu - 3 + 1
+    drift = [theory.drift_after_vanishing(0.9, 0.999, 3, n) for n in (K, K + 1)]
+    assert drift[0] <= 3.0 < drift[1]
+    assert check_largest_mu(mu, 0.9, 0.999, 3, 3.0).passed
+    assert "number K" in check_largest_mu(K, 0.9, 0.999, 3, 3.0).message
+    assert "too many" in check_largest_mu(mu + 1, 0.9, 0.999, 3, 3.0).message
+    assert not check_largest_mu(None, 0.9, 0.999, 3, 3.0) and not check_largest_mu(mu - 1, 0.9, 0.999, 3, 3.0)
+    for beta1, bound in ((0.9, 100.0), (0.0, 0.5)):  # beyond the total drift; none at all without momentum
+        with pytest.raises(ValueError, match="smaller bound"):
+            ch05_largest_mu(beta1, 0.999, 3, bound)
+
+
+LATER_CHAPTERS = sorted(p.name for p in BOOK.glob("ch*.ipynb") if p.name >= "ch03")
+
+
+def names_assigned(code: str) -> set[str]:
+    tree = ast.parse(code)
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return names | {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+@pytest.mark.parametrize("chapter", LATER_CHAPTERS)
+def test_later_chapters_solutions_pass_and_stubs_fail(chapter: str):
+    """Every auto-checked exercise: its cell runs on its own (imports only), the stub as printed fails its
+    check, and the solution's code, put in place of the stub, passes it."""
+    import math
+
+    checked = {label: e for label, e in chapter_exercises(chapter).items() if "cp.exercises.check_" in e.code}
+    assert len(checked) >= 3, f"{chapter}: at least three auto-checked exercises"
+    ns = {"torch": torch, "np": np, "cp": cp, "math": math}
+    for label, exercise in checked.items():
+        assert not passed(run_checks(exercise.code, dict(ns))), f"{label}: the stub passes"
+        answer = python_blocks(exercise.solution)
+        if answer:
+            solved = answered(exercise.code, names_assigned(answer) & names_assigned(exercise.code), answer)
+            assert passed(run_checks(solved, dict(ns))), f"{label}: the solution fails"

@@ -335,3 +335,117 @@ def test_the_finiteness_check_passes_silently_and_sees_every_trainable_parameter
         lab.check_finite_parameters(policy, optimizer)
     policy.head.bias.requires_grad_(False)  # frozen parameters are not the optimizer's doing
     lab.check_finite_parameters(policy, optimizer)
+# --- chapter 5: the trust region after each step, and a target-KL early stop --------------------------
+GRPO = cp.Objective.preset("grpo", beta=0.0)
+
+
+def fresh_adam(lr=0.1, beta1=0.9):
+    return lambda p: torch.optim.AdamW(p, lr=lr, betas=(beta1, 0.999), weight_decay=0.0)
+
+
+def test_after_step_records_the_state_the_next_inner_step_starts_from():
+    task = make_task("pick")
+    h = run(tabular(task, 3), task, GRPO, optimizer=fresh_adam(), steps=2, inner_steps=4, after_step=True)
+    nxt = (h["inner_step"] > 0)
+    prev = np.roll(nxt, -1)  # the row before each row with inner_step > 0
+    deviation = np.maximum(h["ratio_max"][nxt] - 1, 1 - h["ratio_min"][nxt])
+    np.testing.assert_allclose(h["ratio_dev_after"][prev], deviation, rtol=1e-5, atol=1e-7)
+    clip_fraction = h["clip_fraction_low"] + h["clip_fraction_high"]
+    assert (h["past_clip_after"][prev] >= clip_fraction[nxt] - 1e-7).all()  # fewer tokens in its denominator
+    assert (h["kl_old_after"] > 0).all() and (h["past_clip_after"] > 0).any()
+    assert "kl_old_after" not in run(tabular(task), task, GRPO)
+
+
+def test_kl_old_estimate_is_the_exact_kl_in_expectation():
+    """Averaged with pi_old's probabilities over every token of one softmax, the per-token terms
+    s - 1 - log s give exactly KL(pi_old || pi_theta): the estimator is unbiased on-policy."""
+    old = torch.log_softmax(torch.tensor([0.3, -1.0, 0.5, 0.0], dtype=torch.float64), 0)
+    new = torch.log_softmax(torch.tensor([0.9, -1.2, 0.1, 0.2], dtype=torch.float64), 0)
+    weights = old.exp()
+    per_token = [lab.kl_old_estimate(new[i].view(1, 1, 1), old[i].view(1, 1, 1), torch.ones(1, 1, 1))
+                 for i in range(4)]
+    expectation = sum(w * t for w, t in zip(weights, per_token, strict=True))
+    assert torch.allclose(expectation, (weights * (old - new)).sum(), rtol=1e-12)
+
+
+def test_trust_region_columns_by_hand():
+    old = torch.zeros(1, 2, 2, dtype=torch.float64)
+    before = torch.tensor([[[0.3, -0.1], [-0.4, 0.0]]], dtype=torch.float64)
+    after = torch.tensor([[[0.5, -0.1], [-0.3, 0.0]]], dtype=torch.float64)
+    mask = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    clipped_before = torch.tensor([[[True, False], [True, False]]])
+    clipped_after = torch.tensor([[[True, False], [False, False]]])
+    cols = lab.trust_region_columns(before, after, old, mask, advantages, clipped_before, clipped_after)
+    assert cols["past_clip_after"].item() == pytest.approx(1 / 3)
+    assert cols["clipped_drift_after"].item() == pytest.approx((0.2 - 0.1) / 2)  # out by 0.2, back by 0.1
+    assert cols["clipped_motion_after"].item() == pytest.approx((0.2 + 0.1) / 2)
+    assert cols["ratio_dev_after"].item() == pytest.approx(np.expm1(0.5))
+    kl = sum(np.expm1(x) - x for x in (0.5, -0.1, -0.3)) / 3
+    assert cols["kl_old_after"].item() == pytest.approx(kl)
+    tied = lab.trust_region_columns(before, after, old, mask, torch.zeros(1, 2, dtype=torch.float64),
+                                    clipped_before, clipped_after & False)
+    assert tied["past_clip_after"].item() == 0.0
+    plain = lab.trust_region_columns(before, after, old, mask, advantages, None, None)
+    assert np.isnan(plain["past_clip_after"].item()) and np.isfinite(plain["kl_old_after"].item())
+
+
+def test_without_momentum_a_clipped_tabular_token_stops_and_with_momentum_it_drifts_out():
+    """Prop. 3 on the tabular policy: Adam with beta1 = 0 barely moves tokens whose gradient the clip zeroed
+    (only other tokens of the same softmax move them); with beta1 = 0.9 they keep moving away from s = 1."""
+    task = make_task("pick")
+    drift = {}
+    for beta1 in (0.0, 0.9):
+        h = run(TabularPolicy.for_task(task, num_seeds=16), task, GRPO, optimizer=fresh_adam(0.05, beta1),
+                steps=1, inner_steps=8, group_size=8, prompts_per_step=4, after_step=True)
+        drift[beta1] = h["clipped_drift_after"][3:].mean()
+    assert drift[0.9] > 0.02 and abs(drift[0.0]) < 0.005
+
+
+def test_target_kl_stops_exactly_like_a_shorter_loop_on_a_single_seed_policy():
+    task = make_task("pick")
+
+    def gru_run(**kw):
+        policy = GRUPolicy.for_task(task, seed=3)
+        h = run(policy, task, GRPO, optimizer=fresh_adam(0.01), steps=1, **kw)
+        return policy, h
+
+    stopped, h = gru_run(inner_steps=6, target_kl=1e-9)
+    short, _ = gru_run(inner_steps=1)
+    for a, b in zip(stopped.parameters(), short.parameters(), strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(h["stopped"], [0, 1, 1, 1, 1, 1])
+    _, free = gru_run(inner_steps=6, target_kl=1e3)
+    assert (free["stopped"] == 0).all()
+
+
+def test_target_kl_stops_each_seed_on_its_own():
+    """Seeds of one tabular tensor stop at different inner steps; each ends where its single-seed run ends
+    (one outer step, so the shared Adam step counter cannot matter)."""
+    task = make_task("pick")
+    kw = {"optimizer": fresh_adam(0.05), "steps": 1, "inner_steps": 8, "group_size": 8, "prompts_per_step": 4,
+          "target_kl": 0.01}
+    together = TabularPolicy.for_task(task, num_seeds=4, dtype=torch.float64)
+    h = run(together, task, GRPO, seed=11, **kw)
+    stops = h["stopped"].argmax(0)
+    assert len(set(stops.tolist())) > 1 and (np.diff(h["stopped"], axis=0) >= 0).all()
+    for s in range(4):
+        alone = TabularPolicy.for_task(task, dtype=torch.float64)
+        run(alone, task, GRPO, seed=11 + s, **kw)
+        assert torch.allclose(alone.logits[0], together.logits[s], atol=1e-12, rtol=0)
+
+
+def test_target_kl_bad_input():
+    task = make_task("pick")
+    with pytest.raises(ValueError, match="target_kl"):
+        run(tabular(task), task, GRPO, target_kl=0.0)
+
+    class NoSeedAxis(torch.nn.Module):
+        num_seeds = 2
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3))
+
+    with pytest.raises(ValueError, match="seed axis"):
+        lab._check_trust_region(NoSeedAxis(), 0.1)

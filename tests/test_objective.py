@@ -150,6 +150,7 @@ def test_clip_fractions_count_the_tokens_whose_gradient_the_clip_zeroes():
     assert out.clip_fraction_low == (((r < 0.8) & (a < 0)) * b["mask"]).sum() / tokens
     clipped = ((r > 1.28) & (a > 0)) | ((r < 0.8) & (a < 0))
     assert torch.all(out.weights[clipped & (b["mask"] > 0)] == 0)
+    assert clipped.any() and torch.equal(out.clipped, clipped & (b["mask"] > 0))
     assert out.clip_fraction_dual == 0
     assert set(out.scalars()) == {"loss", "policy_loss", "regulariser", "clip_fraction_low",
                                   "clip_fraction_high", "clip_fraction_dual"}
@@ -163,6 +164,8 @@ def test_dual_clip_bounds_negative_advantages():
     adv = -torch.ones(12, dtype=torch.float64)
     out = obj.loss(lp, b["old"], adv, b["mask"])
     assert out.clip_fraction_dual > 0 and out.weights[1, 0] == 0
+    assert out.clipped[1, 0] and out.clipped.sum() / b["mask"].sum() == pytest.approx(
+        float(out.clip_fraction_low + out.clip_fraction_high + out.clip_fraction_dual))
 
 
 def test_loss_is_policy_loss_plus_regulariser_and_the_regulariser_is_the_kl():

@@ -422,3 +422,30 @@ def test_signed_values_keep_their_sign_when_rounding_would_hide_it():
     assert viz._signed(0.0, 3) == "0"
     assert viz._signed(0.0123, 3) == "+0.012"
     assert viz._signed(-2e-7, 3) == "-2.0e-07"
+# --- svg_lines (chapter 5's explorer) -------------------------------------------------------------------
+def test_svg_lines_is_well_formed_and_draws_each_series_with_its_own_dash():
+    import xml.etree.ElementTree as ET
+
+    svg = viz.svg_lines({"AdamW": [0.0, 0.1, float("nan"), 0.3], "β1 = 0 & <SGD>": [0.0, 0.05, 0.1, 0.1]},
+                        [1, 2, 3, 4], title="KL <per step>", xlabel="inner step", hline=0.2)
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.find(f"{ns}title").text == "KL <per step>"
+    lines = root.findall(f"{ns}polyline")
+    assert len(lines) == 3  # the NaN breaks the first series in two
+    assert [len(p.get("points").split()) for p in lines] == [2, 1, 4]
+    assert lines[0].get("stroke-dasharray") != lines[2].get("stroke-dasharray")
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert "β1 = 0 & <SGD>" in texts and "inner step" in texts
+    assert {"1", "2", "3", "4"} <= set(texts) and "1.5" not in texts  # whole-number x: those ticks
+
+
+def test_svg_lines_fixed_range_clips_and_bad_input_is_named():
+    svg = viz.svg_lines({"a": [-5.0, 0.5, 9.0]}, [0, 1, 2], ylim=(0.0, 1.0), height=100)
+    ys = [float(point.split(",")[1]) for point in svg.split('points="')[1].split('"')[0].split()]
+    assert max(ys) <= 100 and min(ys) >= 0 and ys[0] == max(ys) and ys[2] == min(ys)
+    with pytest.raises(ValueError, match="'a' has 2 values"):
+        viz.svg_lines({"a": [1.0, 2.0]}, [0, 1, 2])
+    with pytest.raises(ValueError, match="at least one"):
+        viz.svg_lines({}, [0, 1])
+    assert viz._nice_ticks(0.0, 0.37) == pytest.approx([0.0, 0.1, 0.2, 0.3])
