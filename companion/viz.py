@@ -615,14 +615,14 @@ class Panel:
 _INSTRUMENTED = "train with optimizer=cp.InstrumentedAdamW"
 
 DASHBOARD_PANELS: dict[str, Panel] = {
-    "reward": Panel("reward and accuracy", (Line("reward", "reward"), Line("accuracy", "accuracy")),
+    "reward": Panel("reward, accuracy", (Line("reward", "reward"), Line("accuracy", "accuracy")),
                     "batch mean", "ch. 1–2"),
-    "length": Panel("length", (Line("length", "mean |o_i|"),), "tokens", "ch. 2–3: α, W_agg"),
+    "length": Panel("length", (Line("length", "mean |o_i|"),), "tokens", "ch. 2–3"),
     "loss": Panel("loss at s = 1", (Line("loss", "loss"), Line("policy_loss", "policy part"),
                                     Line("regulariser", "βR")),
-                  "first inner step", "ch. 6: not progress"),
+                  "first inner step", "ch. 6"),
     "tied": Panel("tied groups", (Line("tied_fraction", "all rewards equal"),), "fraction of groups",
-                  "ch. 1–2: no signal"),
+                  "ch. 1–2"),
     "kl": Panel("KL estimates", (Line("kl_ref", "to π_ref"),
                                  Line("kl_old", "to π_old, last step", "last", True)),
                 "k3, mean per token", "ch. 5–6"),
@@ -631,14 +631,14 @@ DASHBOARD_PANELS: dict[str, Panel] = {
                   "fraction, last inner step", "ch. 2, 5"),
     "ratio": Panel("ratio extremes", (Line("ratio_min", "min π_θ/π_old", "last", True),
                                       Line("ratio_max", "max π_θ/π_old", "last", True)),
-                   "last inner step", "ch. 5: past the clip"),
+                   "last inner step", "ch. 5"),
     "entropy": Panel("entropy", (Line("entropy", "mean per token"),), "nats", "ch. 2"),
     "grad_norm": Panel("gradient norm", (Line("opt_grad_norm", "‖g‖, first inner step"),), "‖g‖",
                        "ch. 4, 6", _INSTRUMENTED),
-    "eps": Panel("ε-dominated coordinates", (Line("opt_eps_dominated_frac", "ε ≥ √v̂", "mean"),),
-                 "fraction, mean per batch", "ch. 4: reward scale", _INSTRUMENTED),
-    "momentum": Panel("moved by momentum alone", (Line("opt_momentum_only_frac", "g = 0, m ≠ 0", "mean"),),
-                      "fraction, mean per batch", "ch. 5: momentum",
+    "eps": Panel("ε-dominated share", (Line("opt_eps_dominated_frac", "ε ≥ √v̂", "mean"),),
+                 "parameters, mean per batch", "ch. 4", _INSTRUMENTED),
+    "momentum": Panel("momentum-only share", (Line("opt_momentum_only_frac", "g = 0, m ≠ 0", "mean"),),
+                      "parameters, mean per batch", "ch. 5",
                       "train with cp.InstrumentedAdamW(p, diagnostics='full')"),
 }
 """The panels of :func:`dashboard`, by key, in the order they are drawn."""
@@ -751,7 +751,7 @@ def _draw_panel(ax: Any, panel: Panel, runs: dict[str, Any], band: bool) -> None
             if line.column not in run:
                 reason = f"no column {line.column!r}; {panel.hint}"
             elif line.later and single_step:
-                reason = "μ = 1: trivial, π_θ = π_old at every record"
+                reason = "trivial with one inner step (π_θ = π_old at every record)"
             else:
                 x, values = per_batch(run, line.column, line.reduce)
                 if not np.all(np.isnan(values)):
