@@ -308,10 +308,10 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
     device: None picks CUDA when present, else CPU (with ``COMPANION_THREADS`` threads, default 1).
     progress: a progress line (``cp.notebook.Progress``); None shows one when the run looks longer than a
         few seconds, outside pytest.
-    on_step: called after every inner step (after the optimizer step) as ``on_step(outer_step, inner_step,
-        batch)``, with the outer step's fixed ``Batch`` (prompts, completions, mask, rewards, advantages,
-        pi_old and pi_ref log-probs): to keep real batches for exact checks, or to evaluate the policy
-        between steps. The records summarise a batch; this hook hands over the batch itself.
+    on_step: called after every inner step (after the optimizer step) with the outer step, the inner
+        step and the outer step's fixed ``Batch`` (prompts, completions, mask, rewards, advantages, pi_old
+        and pi_ref log-probs): to keep real batches for exact checks, or to evaluate the policy between
+        steps. The records summarise a batch; this hook hands over the batch itself.
     """
     _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling)
     dev = resolve_device(device)
