@@ -863,3 +863,167 @@ def check_largest_mu(answer: Any, beta1: float, beta2: float, T: int, bound: flo
          "Stop at the last μ whose total stays within the bound."),
     ]
     return name_the_mistake(result, answer, mistakes, rtol=0.0, atol=1e-9)
+# --- Chapter 6 ---
+# The loss is not a progress signal (Prop. 4, App. A): the loss of four methods at the first inner step,
+# reading a logged loss curve, and the dashboard panel that reveals a failure. The expected values are
+# computed here in pure Python from App. A's formulas, never from the code the learner is testing.
+
+CH06_METHODS = ("grpo", "dapo", "dr_grpo", "gspo")
+CH06_SIGMA_EPS = 1e-4  # companion's σ stabiliser (TRL's): A = (r − mean) / (σ + 1e-4), Bessel's σ
+
+_CH06_LOSS_HINTS = {
+    "grpo": "GRPO's α = 1/(N|o_i|) gives every completion Ω_i = 1/N (Eq. 9): what is Σ_i A_i in a group?",
+    "gspo": "At s = 1 GSPO's sequence ratio is 1 too, and its α is GRPO's (Eq. 9).",
+    "dapo": "DAPO: α = 1/Σ_j|o_j| over the whole batch, so Ω_i = |o_i|/Σ_j|o_j| (Eq. 10); A is divided by σ.",
+    "dr_grpo": "Dr GRPO: α = 1/N per token, so Ω_i = |o_i|/N (Eq. 10); its A is not divided by σ.",
+}
+
+
+def _ch06_batch(rewards: Any, lengths: Any, group_size: int) -> tuple[list[float], list[int]]:
+    values = _as_float_list("rewards", rewards)
+    sizes = _positive_lengths(lengths)
+    if len(sizes) != len(values):
+        raise ValueError(f"rewards and lengths differ in length: {len(values)} and {len(sizes)}")
+    _ch01_groups(values, group_size)  # group_size divides N, >= 2
+    return values, sizes
+
+
+def first_step_loss_reference(method: str, rewards: Any, lengths: Any, group_size: int, *,
+                              std: bool | None = None, batch_normaliser: bool = True) -> float:
+    """The policy loss −J of ``method`` at the first inner step (s = 1, β = 0), App. A:
+    loss = −Σ_i A_i Ω_i (Eq. 8) with Ω_i = Σ_t α_{i,t}. ``std`` None uses the method's own choice (σ for
+    GRPO, DAPO, GSPO; none for Dr GRPO); ``batch_normaliser=False`` gives DAPO's 1/Σ|o_j| per group instead
+    of over the batch (a common mistake the check names)."""
+    if method not in CH06_METHODS:
+        raise ValueError(f"method must be one of {CH06_METHODS}, got {method!r}")
+    values, sizes = _ch06_batch(rewards, lengths, group_size)
+    divide = method != "dr_grpo" if std is None else std
+    adv = group_advantages_reference(values, group_size, std=divide, std_eps=CH06_SIGMA_EPS)
+    n = len(values)
+    if method in ("grpo", "gspo"):
+        omega = [1.0 / n] * n
+    elif method == "dr_grpo":
+        omega = [size / n for size in sizes]
+    elif batch_normaliser:
+        omega = [size / sum(sizes) for size in sizes]
+    else:  # per group, then averaged over the groups
+        groups = n // group_size
+        omega = [size / sum(sizes[k - k % group_size:k - k % group_size + group_size]) / groups
+                 for k, size in enumerate(sizes)]
+    value = -math.fsum(a * w for a, w in zip(adv, omega, strict=True))
+    return 0.0 if abs(value) < 1e-15 else value  # Σ_i A_i = 0 up to the rounding of A
+
+
+def check_first_step_loss(method: str, answer: Any, rewards: Any, lengths: Any, *, group_size: int) -> Check:
+    """Chapter 6: the loss that ``method`` ("grpo", "dapo", "dr_grpo" or "gspo") logs at the first inner
+    step for a batch with these ``rewards`` and completion ``lengths`` (groups of ``group_size``,
+    contiguous), with β = 0. ``answer``: one number, the loss −J. A wrong answer that matches a common
+    mistake (J instead of −J, σ where the method has none or none where it has one, DAPO's normaliser per
+    group) is named in the message."""
+    expected = first_step_loss_reference(method, rewards, lengths, group_size)
+    name = f"first-step loss of {method}"
+    hint = _CH06_LOSS_HINTS[method]
+    result = check_close(name, answer, expected, rtol=1e-6, atol=1e-9, hint=hint)
+    divide = method != "dr_grpo"
+    mistakes = [
+        ("J, not the loss −J", -expected if expected else None,
+         "Trainers minimise the loss −J: flip the sign of Σ_i A_i Ω_i."),
+        ("the loss " + ("without" if divide else "with") + " σ(r) in the advantage",
+         first_step_loss_reference(method, rewards, lengths, group_size, std=not divide),
+         "GRPO, DAPO and GSPO divide A by the group's σ (Bessel, + 1e-4); Dr GRPO does not."),
+        ("DAPO's loss with 1/Σ|o_j| taken per group, not over the batch",
+         first_step_loss_reference(method, rewards, lengths, group_size, batch_normaliser=False)
+         if method == "dapo" else None,
+         "DAPO's token mean runs over every token of the batch at once: one Σ_j |o_j| for all groups."),
+    ]
+    return name_the_mistake(result, answer, mistakes, rtol=1e-6, atol=1e-9)
+
+
+CH06_CURVE_STATEMENTS = {
+    "a": "The policy is getting worse: a loss should fall while the reward rises.",
+    "b": "At the first inner step this loss is −Σ_i A_i|o_i|/Σ_j|o_j| (Eq. 10); it is positive because, "
+         "within groups, the completions with the higher rewards are the shorter ones.",
+    "c": "It rises because the KL term to π_ref grows.",
+    "d": "A loss that rises while the reward rises means the learning rate is too high.",
+    "e": "Under GRPO's weights 1/(G|o_i|) the same batches would log a loss of 0 (up to rounding).",
+    "f": "When this loss reaches 0 the gradient is 0 too, so training has stopped.",
+}
+CH06_CURVE_TRUE = frozenset({"b", "e"})
+_CH06_CURVE_WHY = {
+    "a": "the loss at s = 1 is a length statistic (Eq. 10), not a measure of performance",
+    "b": "it is Eq. 10 with C = 1/Σ_j|o_j|, and the task rewards short correct answers",
+    "c": "β = 0 in this run: there is no KL term",
+    "d": "the logged value says nothing about the step size; its sign comes from Cov(A, |o|)",
+    "e": "with Ω_i constant, Σ_i A_i Ω_i = C Σ_i A_i = 0 in every group (Eq. 9)",
+    "f": "the value Σ_i A_i Ω_i can be 0 while the gradient Σ_i A_i Σ_t α_{i,t} ∇log π is not: each "
+         "completion has its own ∇log π",
+}
+
+
+def check_logged_curve(answer: Any) -> Check:
+    """Chapter 6: which of ``CH06_CURVE_STATEMENTS`` explain the logged curve of the chapter's exercise (DAPO,
+    β = 0, μ = 1, a reward that favours short correct answers: the loss rises with the reward)? ``answer``:
+    a collection of statement letters."""
+    name = "statements that explain the logged curve"
+    hint = ("With μ = 1 every logged loss is taken at s = 1, so it is −Σ_i A_i Ω_i + βR (Eq. 8). Work out "
+            "Ω_i for DAPO's weights, and remember β = 0.")
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hint)
+    chosen = {answer} if isinstance(answer, str) else answer
+    try:
+        chosen = {str(item).strip().lower() for item in chosen}
+    except TypeError:
+        return Check(name, False, f"Expected a collection of letters, got {type(answer).__name__}.", hint)
+    unknown = sorted(chosen - set(CH06_CURVE_STATEMENTS))
+    if unknown:
+        return Check(name, False, f"Not statements: {unknown}; choose among {sorted(CH06_CURVE_STATEMENTS)}.",
+                     hint)
+    if chosen == CH06_CURVE_TRUE:
+        return Check(name, True, f"Exactly {sorted(CH06_CURVE_TRUE)}.", hint)
+    wrong = [f"{k} is true: {_CH06_CURVE_WHY[k]}" for k in sorted(CH06_CURVE_TRUE - chosen)]
+    wrong += [f"{k} is false: {_CH06_CURVE_WHY[k]}" for k in sorted(chosen - CH06_CURVE_TRUE)]
+    return Check(name, False, "; ".join(wrong) + ".", hint)
+
+
+# failure -> (description, panels that reveal it, hint)
+CH06_FAILURES: dict[str, tuple[str, frozenset[str], str]] = {
+    "zero_loss": ("TRL, loss_type='grpo', β = 0, num_iterations = 1: the logged loss is 0.0 at every step "
+                  "and the reward is flat. Is there any learning signal in the batches?",
+                  frozenset({"tied", "grad_norm"}),
+                  "A loss of 0 is expected here (Eq. 9). What carries no signal at all is a group whose "
+                  "rewards are all equal; its gradient is 0."),
+    "kl_rising": ("GRPO with β = 0.04: the logged loss rises steadily from 0. Which panel shows the quantity "
+                  "it follows?", frozenset({"kl", "loss"}),
+                  "At s = 1 GRPO's loss is βR (Eq. 9): R is a KL estimate to π_ref."),
+    "reward_scale": ("Rewards were rescaled to 1e-6 and training with AdamW slowed to a crawl.",
+                     frozenset({"eps"}),
+                     "Prop. 2 holds while ε ≪ φ√v̂; which panel counts the coordinates where it does not?"),
+    "past_clip": ("With μ = 8, parameters keep moving on tokens whose gradient the clip has already zeroed.",
+                  frozenset({"momentum", "ratio"}),
+                  "Prop. 3: AdamW's momentum carries on after the gradient vanishes. Which panel counts "
+                  "coordinates with g = 0 and m ≠ 0, or shows ratios beyond 1 ± ε?"),
+    "length_drift": ("The completions grow shorter although the reward ignores length.",
+                     frozenset({"length"}),
+                     "Prop. 1: weights 1/|o_i| favour short completions on shared prefixes."),
+}
+
+
+def check_dashboard_panel(failure: str, answer: Any) -> Check:
+    """Chapter 6: which panel of ``cp.viz.dashboard`` (a key of ``cp.viz.DASHBOARD_PANELS``) reveals the
+    failure ``CH06_FAILURES[failure]``? ``answer``: one panel key, e.g. "tied"."""
+    from companion.viz import DASHBOARD_PANELS
+
+    if failure not in CH06_FAILURES:
+        raise ValueError(f"failure must be one of {sorted(CH06_FAILURES)}, got {failure!r}")
+    _, panels, hint = CH06_FAILURES[failure]
+    name = f"the panel for {failure!r}"
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hint)
+    if not isinstance(answer, str) or answer not in DASHBOARD_PANELS:
+        valid = list(DASHBOARD_PANELS)
+        return Check(name, False, f"Answer with a panel key, one of {valid}; got {answer!r}.", hint)
+    if answer in panels:
+        others = sorted(panels - {answer})
+        also = f" ({', '.join(others)} shows it too.)" if others else ""
+        return Check(name, True, f"{answer!r}: {DASHBOARD_PANELS[answer].title}.{also}", hint)
+    return Check(name, False, f"{answer!r} ({DASHBOARD_PANELS[answer].title}) does not reveal it.", hint)

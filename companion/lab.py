@@ -44,6 +44,7 @@ Sampling = Literal["on_policy", "fixed"]
 SAMPLING_MODES = ("on_policy", "fixed")
 PROGRESS_AFTER_SECONDS = 3.0
 OptimizerSpec = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer] | None
+StepHook = Callable[[int, int, "Batch"], None]  # on_step(outer_step, inner_step, batch)
 
 
 @dataclass
@@ -296,7 +297,8 @@ def _optimizer_columns(optimizer: torch.optim.Optimizer, first_row: int, rows: i
 def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: OptimizerSpec = None, lr: float = 1e-2,
           steps: int = 50, group_size: int = 8, prompts_per_step: int = 4, inner_steps: int = 1,
           seed: int = 0, sampling: Sampling = "on_policy", device: str | torch.device | None = None,
-          progress: bool | None = None, after_step: bool = False, target_kl: float | None = None) -> History:
+          progress: bool | None = None, after_step: bool = False, target_kl: float | None = None,
+          on_step: StepHook | None = None) -> History:
     """Train ``policy`` on ``task`` with ``objective`` for ``steps`` outer steps; return the History.
 
     optimizer: a torch optimizer over ``policy.parameters()``, a callable ``params -> optimizer`` (e.g.
@@ -313,6 +315,10 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
         ``clipped_motion_after`` (see :func:`trust_region_columns`).
     target_kl: stop the inner loop of a seed once its KL(pi_old || pi_theta) estimate exceeds this (see
         :func:`_step_unless_stopped`); the ``stopped`` column says which steps were skipped.
+    on_step: called after every inner step (after the optimizer step) with the outer step, the inner
+        step and the outer step's fixed ``Batch`` (prompts, completions, mask, rewards, advantages, pi_old
+        and pi_ref log-probs): to keep real batches for exact checks, or to evaluate the policy between
+        steps. The records summarise a batch; this hook hands over the batch itself.
     """
     _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling)
     _check_trust_region(policy, target_kl)
@@ -335,6 +341,8 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
                 row["outer_step"], row["inner_step"] = torch.tensor([k]), torch.tensor([i])
                 for name, value in row.items():
                     records.setdefault(name, []).append(value.detach())
+                if on_step is not None:
+                    on_step(k, i, batch)
             line = _advance_progress(line, progress, k + 1, steps, started)
         if line is not None:
             line.close()

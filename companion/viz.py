@@ -872,3 +872,234 @@ def svg_lines(series: Mapping[str, Sequence[float]], x: Sequence[float], *, titl
                      f'<text x="{left + 27}" y="{y}" fill="currentColor">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+# The training dashboard (chapter 6): what to watch instead of the loss
+
+
+@dataclass(frozen=True)
+class Line:
+    """One curve of a dashboard panel: a History column reduced to one value per outer step.
+
+    reduce: ``"first"`` (the first inner step: s = 1, the batch as sampled), ``"last"`` (the last inner step:
+    how far the batch moved) or ``"mean"`` (over the inner steps). ``later`` marks a quantity that is trivial
+    at the first inner step (π_θ = π_old), hence in every record when μ = 1.
+    """
+
+    column: str
+    label: str
+    reduce: Literal["first", "last", "mean"] = "first"
+    later: bool = False
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One dashboard panel: its curves, the chapter that explains them, and how to get missing columns."""
+
+    title: str
+    lines: tuple[Line, ...]
+    ylabel: str
+    chapter: str
+    hint: str = "train with cp.lab.train, which records it"
+
+
+_INSTRUMENTED = "train with optimizer=cp.InstrumentedAdamW"
+
+DASHBOARD_PANELS: dict[str, Panel] = {
+    "reward": Panel("reward, accuracy", (Line("reward", "reward"), Line("accuracy", "accuracy")),
+                    "batch mean", "ch. 1–2"),
+    "length": Panel("length", (Line("length", "mean |o_i|"),), "tokens", "ch. 2–3"),
+    "loss": Panel("loss at s = 1", (Line("loss", "loss"), Line("policy_loss", "policy part"),
+                                    Line("regulariser", "βR")),
+                  "first inner step", "ch. 6"),
+    "tied": Panel("tied groups", (Line("tied_fraction", "all rewards equal"),), "fraction of groups",
+                  "ch. 1–2"),
+    "kl": Panel("KL estimates", (Line("kl_ref", "to π_ref"),
+                                 Line("kl_old", "to π_old, last step", "last", True)),
+                "k3, mean per token", "ch. 5–6"),
+    "clip": Panel("clipped tokens", (Line("clip_fraction_low", "below 1−ε (A < 0)", "last", True),
+                                     Line("clip_fraction_high", "above 1+ε (A > 0)", "last", True)),
+                  "fraction, last inner step", "ch. 2, 5"),
+    "ratio": Panel("ratio extremes", (Line("ratio_min", "min π_θ/π_old", "last", True),
+                                      Line("ratio_max", "max π_θ/π_old", "last", True)),
+                   "last inner step", "ch. 5"),
+    "entropy": Panel("entropy", (Line("entropy", "mean per token"),), "nats", "ch. 2"),
+    "grad_norm": Panel("gradient norm", (Line("opt_grad_norm", "‖g‖, first inner step"),), "‖g‖",
+                       "ch. 4, 6", _INSTRUMENTED),
+    "eps": Panel("ε-dominated share", (Line("opt_eps_dominated_frac", "ε ≥ √v̂", "mean"),),
+                 "parameters, mean per batch", "ch. 4", _INSTRUMENTED),
+    "momentum": Panel("momentum-only share", (Line("opt_momentum_only_frac", "g = 0, m ≠ 0", "mean"),),
+                      "parameters, mean per batch", "ch. 5",
+                      "train with cp.InstrumentedAdamW(p, diagnostics='full')"),
+}
+"""The panels of :func:`dashboard`, by key, in the order they are drawn."""
+
+_LINE_STYLES = ("-", "--", ":")
+
+
+def dashboard(history: Any, panels: Sequence[str] | None = None, *, title: str = "", ncols: int = 4,
+              band: bool = True) -> Any:
+    """Everything worth watching in a training run, one panel per quantity, against the outer step.
+
+    history: a ``companion.lab.History`` (what ``cp.lab.train`` returns), single- or multi-seed, or a dict
+        ``{label: History}`` to compare runs (one colour per run). With several seeds each curve is the mean
+        over seeds and a band shows the middle half (25th to 75th percentile).
+    panels: keys of ``DASHBOARD_PANELS`` (default: all): reward and accuracy, length, the loss at s = 1
+        split into policy part and βR, tied groups, KL to π_ref and to π_old, clip fractions per side,
+        ratio extremes, entropy, and, when the run used ``cp.InstrumentedAdamW``, the gradient norm, the
+        ε-dominated fraction and the share moved by momentum alone. Each title names the chapter that
+        explains the panel.
+
+    A panel whose columns are missing (no InstrumentedAdamW, a cheap diagnostics level) or trivial (μ = 1:
+    π_θ = π_old at every record) says so inside the panel instead of drawing. Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    runs = _dashboard_runs(history)
+    keys = list(DASHBOARD_PANELS) if panels is None else list(panels)
+    unknown = [k for k in keys if k not in DASHBOARD_PANELS]
+    if unknown or not keys:
+        raise ValueError(f"dashboard: panels must be keys of DASHBOARD_PANELS {list(DASHBOARD_PANELS)}, "
+                         f"got {unknown or keys}")
+    if ncols < 1:
+        raise ValueError(f"dashboard: ncols must be >= 1, got {ncols}")
+    ncols = min(ncols, len(keys) + (len(runs) > 1))
+    nrows = math.ceil((len(keys) + (len(runs) > 1)) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.5 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax, key in zip(flat, keys, strict=False):
+        _draw_panel(ax, DASHBOARD_PANELS[key], runs, band)
+    spare = flat[len(keys):]
+    if len(runs) > 1:
+        _run_legend(spare[0], runs)
+        spare = spare[1:]
+    for ax in spare:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _dashboard_runs(history: Any) -> dict[str, Any]:
+    """A History or {label: History} -> {label: History}, with clear errors for anything else."""
+    from companion.lab import History
+
+    if isinstance(history, History):
+        runs = {"": history}
+    elif isinstance(history, Mapping):
+        if not history:
+            raise ValueError("dashboard: the dict of runs is empty; give {label: History, ...}")
+        runs = dict(history)
+        for label, run in runs.items():
+            if not isinstance(run, History):
+                raise TypeError(f"dashboard: run {label!r} must be a companion.lab.History (what "
+                                f"cp.lab.train returns), got {type(run).__name__}")
+    else:
+        raise TypeError("dashboard: history must be a companion.lab.History (what cp.lab.train returns) or a "
+                        f"dict {{label: History}}, got {type(history).__name__}")
+    for label, run in runs.items():
+        missing = [c for c in ("outer_step", "inner_step") if c not in run]
+        if missing or len(run) == 0:
+            name = f"run {label!r}" if label else "the History"
+            raise ValueError(f"dashboard: {name} has no records per inner step (needs rows and the columns "
+                             "outer_step, inner_step that cp.lab.train writes)")
+    return runs
+
+
+def per_batch(history: Any, column: str, reduce: str = "first") -> tuple[Any, Any]:
+    """(outer steps, values): ``history[column]`` reduced to one row per outer step (batch).
+
+    reduce: "first" (the first inner step), "last" (the last inner step) or "mean" (over the inner steps).
+    Records are in order, one run of rows per outer step, as ``cp.lab.train`` writes them.
+    """
+    import numpy as np
+
+    if reduce not in ("first", "last", "mean"):
+        raise ValueError(f"reduce must be 'first', 'last' or 'mean', got {reduce!r}")
+    outer = np.asarray(history["outer_step"])
+    values = np.asarray(history[column], dtype=float)
+    starts = np.flatnonzero(np.r_[True, outer[1:] != outer[:-1]])
+    if reduce == "first":
+        return outer[starts], values[starts]
+    ends = np.r_[starts[1:], len(outer)]
+    if reduce == "last":
+        return outer[starts], values[ends - 1]
+    counts = (ends - starts).reshape(-1, *([1] * (values.ndim - 1)))
+    return outer[starts], np.add.reduceat(values, starts, axis=0) / counts
+
+
+def _draw_panel(ax: Any, panel: Panel, runs: dict[str, Any], band: bool) -> None:
+    """The panel's lines for every run, and a note for what cannot be drawn (under the axis, or centred when
+    nothing could be drawn)."""
+    import numpy as np
+
+    notes: dict[str, list[str]] = {}  # reason -> runs it applies to
+    drawn = 0
+    for r, (label, run) in enumerate(runs.items()):
+        single_step = int(np.max(run["inner_step"])) == 0
+        for j, line in enumerate(panel.lines):
+            if line.column not in run:
+                reason = f"no column {line.column!r}; {panel.hint}"
+            elif line.later and single_step:
+                reason = "trivial with one inner step (π_θ = π_old at every record)"
+            else:
+                x, values = per_batch(run, line.column, line.reduce)
+                if not np.all(np.isnan(values)):
+                    colour = PALETTE[(r if len(runs) > 1 else j) % len(PALETTE)]
+                    _draw_line(ax, x, values, colour, _LINE_STYLES[j % len(_LINE_STYLES)], line.label, band)
+                    drawn += 1
+                    continue
+                reason = f"{line.column} is NaN; {panel.hint}"
+            notes.setdefault(reason, [])
+            if label not in notes[reason]:
+                notes[reason].append(label)
+    ax.set_title(f"{panel.title}  ·  {panel.chapter}", fontsize=9)
+    ax.set_ylabel(panel.ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    text = "\n".join(_wrap(f"{', '.join(who)}: {reason}" if any(who) else reason)
+                     for reason, who in notes.items())
+    if drawn:
+        ax.set_xlabel("outer step" + (f"\n{text}" if text else ""), fontsize=8 if not text else 7)
+        if len(panel.lines) > 1:
+            _style_legend(ax, multi_run=len(runs) > 1)
+    else:
+        ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=7.5,
+                color="#8c8c8c")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _style_legend(ax: Any, multi_run: bool) -> None:
+    """One entry per drawn line (by label); grey handles when colours stand for runs."""
+    from matplotlib.lines import Line2D
+
+    seen: dict[str, Any] = {}
+    for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+        if text not in seen:
+            seen[text] = Line2D([], [], color="#8c8c8c", linestyle=handle.get_linestyle()) if multi_run \
+                else handle
+    ax.legend(seen.values(), seen.keys(), fontsize=6.5, loc="best")
+
+
+def _draw_line(ax: Any, x: Any, values: Any, colour: str, style: str, label: str, band: bool) -> None:
+    import numpy as np
+
+    values = values.reshape(len(values), -1)
+    ax.plot(x, np.nanmean(values, 1), color=colour, linestyle=style, label=label, linewidth=1.5)
+    if band and values.shape[1] > 1:
+        low, high = np.nanpercentile(values, [25, 75], axis=1)
+        ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
+
+
+def _run_legend(ax: Any, runs: dict[str, Any]) -> None:
+    """The spare panel: one colour per run."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=PALETTE[r % len(PALETTE)], linewidth=2.5) for r in range(len(runs))]
+    ax.legend(handles, list(runs), loc="center", fontsize=8, title="runs", title_fontsize=8)
+    ax.axis("off")
+
+
+def _wrap(text: str, width: int = 44) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))

@@ -566,3 +566,86 @@ def test_later_chapters_solutions_pass_and_stubs_fail(chapter: str):
         if answer:
             solved = answered(exercise.code, names_assigned(answer) & names_assigned(exercise.code), answer)
             assert passed(run_checks(solved, dict(ns))), f"{label}: the solution fails"
+# --- Chapter 6 ---
+CH06_PRESETS = {"grpo": "grpo_r1", "dapo": "dapo", "dr_grpo": "dr_grpo", "gspo": "gspo"}
+
+
+@pytest.mark.parametrize("method", sorted(CH06_PRESETS))
+def test_ch06_first_step_loss_reference_is_the_objectives_loss_at_s_equal_1(method):
+    """App. A's formula written in pure Python equals Eq. 1 as cp.Objective computes it (fp64, s = 1)."""
+    from companion.exercises import first_step_loss_reference
+
+    g = torch.Generator().manual_seed(6)
+    objective = Objective.preset(CH06_PRESETS[method], beta=0.0, kl=None)
+    for _ in range(5):
+        rewards = torch.randint(0, 3, (12,), generator=g).to(torch.float64) / 2
+        rewards[0], rewards[4], rewards[8] = 1.0, 1.0, 1.0  # at least one group with a spread
+        lengths = torch.randint(1, 8, (12,), generator=g)
+        mask = (torch.arange(8) < lengths[:, None]).to(torch.float64)
+        logprobs = -torch.rand(12, 8, generator=g, dtype=torch.float64) * mask
+        adv = objective.advantages(rewards, 4)
+        out = objective.loss(logprobs, logprobs, adv, mask)
+        expected = first_step_loss_reference(method, rewards, lengths, 4)
+        assert out.loss.item() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        if method in ("grpo", "gspo"):
+            assert abs(expected) < 1e-15  # Eq. 9
+
+
+def test_ch06_check_first_step_loss_passes_the_solution_and_names_mistakes():
+    from companion.exercises import check_first_step_loss, first_step_loss_reference
+
+    rewards, lengths = [1, 0, 1, 0, 1, 1, 0, 0.5], [2, 5, 3, 6, 4, 2, 7, 8]
+    for method in CH06_PRESETS:
+        expected = first_step_loss_reference(method, rewards, lengths, 4)
+        assert check_first_step_loss(method, expected, rewards, lengths, group_size=4).passed
+        assert not check_first_step_loss(method, None, rewards, lengths, group_size=4)
+    dapo = first_step_loss_reference("dapo", rewards, lengths, 4)
+    assert dapo > 0.05  # short completions are the rewarded ones here
+    flipped = check_first_step_loss("dapo", -dapo, rewards, lengths, group_size=4)
+    assert not flipped and "J, not the loss" in flipped.message
+    no_sigma = first_step_loss_reference("dapo", rewards, lengths, 4, std=False)
+    assert "without σ" in check_first_step_loss("dapo", no_sigma, rewards, lengths, group_size=4).message
+    per_group = first_step_loss_reference("dapo", rewards, lengths, 4, batch_normaliser=False)
+    assert "per group" in check_first_step_loss("dapo", per_group, rewards, lengths, group_size=4).message
+    with_sigma = first_step_loss_reference("dr_grpo", rewards, lengths, 4, std=True)
+    assert "with σ" in check_first_step_loss("dr_grpo", with_sigma, rewards, lengths, group_size=4).message
+    grpo_length = check_first_step_loss("grpo", 0.1, rewards, lengths, group_size=4)
+    assert not grpo_length and "Eq. 9" in grpo_length.hint
+    with pytest.raises(ValueError, match="method"):
+        check_first_step_loss("ppo", 0.0, rewards, lengths, group_size=4)
+    with pytest.raises(ValueError, match="differ in length"):
+        check_first_step_loss("grpo", 0.0, rewards, lengths[:4], group_size=4)
+    with pytest.raises(ValueError, match="group_size"):
+        check_first_step_loss("grpo", 0.0, rewards, lengths, group_size=3)
+
+
+def test_ch06_check_logged_curve():
+    from companion.exercises import CH06_CURVE_STATEMENTS, CH06_CURVE_TRUE, check_logged_curve
+
+    assert set(CH06_CURVE_STATEMENTS) >= CH06_CURVE_TRUE
+    assert check_logged_curve({"b", "e"}).passed and check_logged_curve(["E", "b "]).passed
+    missing = check_logged_curve({"b"})
+    assert not missing and "e is true" in missing.message
+    extra = check_logged_curve({"b", "e", "c"})
+    assert not extra and "c is false" in extra.message and "β = 0" in extra.message
+    assert "Not statements" in check_logged_curve({"z"}).message
+    assert not check_logged_curve(None) and not check_logged_curve(3)
+    assert not check_logged_curve("b")
+
+
+def test_ch06_check_dashboard_panel():
+    from companion.exercises import CH06_FAILURES, check_dashboard_panel
+    from companion.viz import DASHBOARD_PANELS
+
+    for failure, (_, panels, _) in CH06_FAILURES.items():
+        assert panels <= set(DASHBOARD_PANELS), failure
+        for panel in panels:
+            assert check_dashboard_panel(failure, panel).passed
+        wrong = next(p for p in DASHBOARD_PANELS if p not in panels)
+        result = check_dashboard_panel(failure, wrong)
+        assert not result and "does not reveal" in result.message and result.hint
+    assert "shows it too" in check_dashboard_panel("zero_loss", "tied").message
+    assert "panel key" in check_dashboard_panel("kl_rising", "KL").message
+    assert not check_dashboard_panel("kl_rising", None)
+    with pytest.raises(ValueError, match="failure"):
+        check_dashboard_panel("nope", "kl")

@@ -449,3 +449,33 @@ def test_target_kl_bad_input():
 
     with pytest.raises(ValueError, match="seed axis"):
         lab._check_trust_region(NoSeedAxis(), 0.1)
+# --- on_step: the batches behind the records ----------------------------------------------------------
+def test_on_step_hands_over_each_batch_after_each_inner_step():
+    task = make_task("pick", length="short")
+    objective = cp.Objective.preset("dr_grpo")  # beta = 0.04: the loss reads pi_ref too
+    policy = tabular(task, seeds=2)
+    start = policy.logits.detach().clone()
+    calls = []
+
+    def keep(outer_step, inner_step, batch):
+        calls.append((outer_step, inner_step, batch, policy.logits.detach().clone()))
+
+    history = run(policy, task, objective, steps=3, inner_steps=2, on_step=keep)
+    assert [(k, i) for k, i, _, _ in calls] == [(k, i) for k in range(3) for i in range(2)]
+    assert all(calls[2 * k][2] is calls[2 * k + 1][2] for k in range(3))  # one batch per outer step
+    assert calls[0][2] is not calls[2][2]
+    assert not torch.equal(calls[0][3], start)  # called after the optimizer step
+    assert torch.equal(calls[-1][3], policy.logits)
+    for k in range(3):
+        b = calls[2 * k][2]
+        for s in range(2):  # the first inner step's loss, recomputed from the batch alone (s = 1)
+            out = objective.loss(b.old_logprobs[s], b.old_logprobs[s], b.advantages[s], b.mask[s],
+                                 ref_logprobs=b.ref_logprobs[s])
+            assert out.loss.item() == pytest.approx(history.outer("loss")[k, s], rel=1e-12, abs=1e-15)
+        np.testing.assert_array_equal(b.rewards.mean(1).numpy(), history.outer("reward")[k])
+
+
+def test_on_step_none_is_the_default_and_changes_nothing():
+    task = make_task("pick")
+    a, b = tabular(task), tabular(task)
+    assert_same_history(run(a, task), run(b, task, on_step=lambda k, i, batch: None))

@@ -449,3 +449,122 @@ def test_svg_lines_fixed_range_clips_and_bad_input_is_named():
     with pytest.raises(ValueError, match="at least one"):
         viz.svg_lines({}, [0, 1])
     assert viz._nice_ticks(0.0, 0.37) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+# the training dashboard (chapter 6)
+
+
+def _dashboard_run(seeds=3, inner_steps=2, optimizer="full"):
+    """A real lab run (tabular, fp64): InstrumentedAdamW at a diagnostics level, or torch's AdamW (None)."""
+    import torch
+
+    import companion as cp
+
+    task = cp.make_task("pick", length="short")
+    policy = cp.TabularPolicy.for_task(task, num_seeds=seeds, dtype=torch.float64)
+    make = None if optimizer is None else (lambda p: cp.InstrumentedAdamW(p, lr=0.1, diagnostics=optimizer))
+    return cp.lab.train(policy, task, cp.Objective.preset("grpo_r1"), optimizer=make, lr=0.1, steps=5,
+                        inner_steps=inner_steps, device="cpu")
+
+
+def _texts(fig):
+    """Every piece of text on the figure's axes (titles, labels, notes)."""
+    found = []
+    for ax in fig.axes:
+        found += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t.get_text() for t in ax.texts)]
+    return "\n".join(found)
+
+
+def _panel(fig, key):
+    return next(ax for ax in fig.axes if ax.get_title().startswith(viz.DASHBOARD_PANELS[key].title))
+
+
+@pytest.fixture(scope="module")
+def full_run():
+    return _dashboard_run()
+
+
+def test_dashboard_draws_every_panel_of_a_full_run_with_seed_bands(full_run):
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
+    fig = viz.dashboard(full_run, title="a run")
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == len(viz.DASHBOARD_PANELS) == 11
+    assert "no column" not in _texts(fig) and "trivial" not in _texts(fig) and "NaN" not in _texts(fig)
+    for key, panel in viz.DASHBOARD_PANELS.items():
+        ax = _panel(fig, key)
+        assert len(ax.get_lines()) == len(panel.lines), key
+        assert panel.chapter in ax.get_title()
+    reward = _panel(fig, "reward")
+    np.testing.assert_allclose(reward.get_lines()[0].get_ydata(), full_run.outer("reward").mean(1))
+    assert any(isinstance(c, PolyCollection) for c in reward.collections)  # the band across seeds
+    ratio = _panel(fig, "ratio").get_lines()[1].get_ydata()  # the last inner step of every batch
+    np.testing.assert_allclose(ratio, full_run["ratio_max"][1::2].mean(1))
+    assert np.all(full_run["ratio_max"][0::2] == 1.0) and np.all(ratio > 1.0)  # s = 1 at the first step
+    eps = _panel(fig, "eps").get_lines()[0].get_ydata()  # optimizer columns: mean over the batch's steps
+    np.testing.assert_allclose(eps, full_run["opt_eps_dominated_frac"].reshape(-1, 2).mean(1))
+    assert fig._suptitle.get_text() == "a run"
+    plt.close(fig)
+
+
+def test_dashboard_on_one_seed_and_on_a_subset_of_panels(full_run):
+    from matplotlib.collections import PolyCollection
+
+    one = full_run.seed(1)
+    fig = viz.dashboard(one, panels=["reward", "loss", "kl"], ncols=3)
+    assert len(fig.axes) == 3
+    assert not any(isinstance(c, PolyCollection) for ax in fig.axes for c in ax.collections)  # no band
+    loss = _panel(fig, "loss").get_lines()[0].get_ydata()
+    assert list(loss) == list(one.outer("loss"))
+    plt.close(fig)
+
+
+def test_dashboard_says_what_it_cannot_draw():
+    plain = _dashboard_run(seeds=2, optimizer=None)  # torch's AdamW: no opt_* columns
+    fig = viz.dashboard(plain)
+    for key in ("grad_norm", "eps", "momentum"):
+        ax = _panel(fig, key)
+        assert not ax.get_lines() and "InstrumentedAdamW" in " ".join(t.get_text() for t in ax.texts), key
+    plt.close(fig)
+    cheap = _dashboard_run(seeds=2, optimizer="cheap")  # momentum_only_frac needs the full level
+    ax = _panel(viz.dashboard(cheap), "momentum")
+    assert "NaN" in ax.texts[0].get_text() and "diagnostics='full'" in ax.texts[0].get_text()
+    plt.close("all")
+    single = _dashboard_run(seeds=2, inner_steps=1)  # mu = 1: ratios, clips and KL to pi_old are trivial
+    fig = viz.dashboard(single)
+    for key in ("clip", "ratio"):
+        assert "one inner step" in _panel(fig, key).texts[0].get_text(), key
+    kl = _panel(fig, "kl")
+    assert len(kl.get_lines()) == 1 and "one inner step" in kl.get_xlabel()  # pi_ref drawn, pi_old noted
+    plt.close(fig)
+
+
+def test_dashboard_compares_runs_with_one_colour_each(full_run):
+    other = _dashboard_run(seeds=2, inner_steps=1)
+    fig = viz.dashboard({"mu = 2": full_run, "mu = 1": other})
+    legend = next(ax for ax in fig.axes
+                  if ax.get_legend() and ax.get_legend().get_title().get_text() == "runs")
+    assert [t.get_text() for t in legend.get_legend().get_texts()] == ["mu = 2", "mu = 1"]
+    reward = _panel(fig, "reward").get_lines()
+    assert reward[0].get_color() == reward[1].get_color() != reward[2].get_color()  # colour = run
+    assert reward[0].get_linestyle() != reward[1].get_linestyle()  # style = column
+    assert "mu = 1: trivial" in _panel(fig, "clip").get_xlabel()
+    plt.close(fig)
+
+
+def test_dashboard_rejects_what_is_not_a_history(full_run):
+    import numpy as np
+
+    from companion.lab import History
+    from companion.optim import History as OptimizerHistory
+
+    for bad in (None, {"reward": np.zeros(3)}, OptimizerHistory(), [full_run]):
+        with pytest.raises(TypeError, match="History"):
+            viz.dashboard(bad)
+    with pytest.raises(ValueError, match="empty"):
+        viz.dashboard({})
+    with pytest.raises(ValueError, match="panels"):
+        viz.dashboard(full_run, panels=["reward", "nope"])
+    with pytest.raises(ValueError, match="outer_step"):
+        viz.dashboard(History({"reward": np.zeros(3)}, 1))
+    with pytest.raises(ValueError, match="reduce"):
+        viz.per_batch(full_run, "reward", "median")
