@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from companion._extras import require
+
 PROGRESS_METADATA = "companion_progress"
 """Key of the output metadata in which a finished progress line records its seconds and description."""
 
@@ -87,6 +89,7 @@ class Progress:
 
             self._handle = display(self._bundle(), raw=True, display_id=True)
         else:
+            require("lab", "tqdm", feature="a progress bar outside a notebook")
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit="step", leave=False)
