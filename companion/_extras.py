@@ -6,6 +6,7 @@
     lab  transformers, tokenizers, tqdm     (TinyGPT2Policy, its tokenizer)
     viz  matplotlib, ipywidgets             (companion.viz, the explorers)
     trl  trl, accelerate, datasets          (companion.integrations.trl)
+    audit  pyyaml                           (YAML configurations in companion.audit)
 
 ``require("lab", "transformers")`` returns nothing when the modules import, and raises
 :class:`MissingExtraError` (a ``ModuleNotFoundError``) saying ``pip install "companion[lab]"`` when one
@@ -20,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "lab": ("transformers", "tokenizers", "tqdm"),
     "viz": ("matplotlib", "ipywidgets"),
     "trl": ("trl", "accelerate", "datasets"),
+    "audit": ("yaml",),
 }
 
 
