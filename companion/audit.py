@@ -415,14 +415,14 @@ def reward_scale_finding(config: TrainerConfig, sqrt_v_hat: float | None) -> Fin
                                                               if obj.beta else ""))
         change = ("divide the rewards by their spread (TRL scale_rewards='group', verl "
                   "norm_adv_by_std_in_grpo=True), or rescale β with φ, and keep ε far below φ√v̂")
-    if config.adam:
+    if config.adam and not normalised:
         threshold = f"{config.eps / scale:.2g}/√v̂" if sqrt_v_hat is None else \
             f"{config.eps / (scale * sqrt_v_hat):.2g} (with √v̂ = {sqrt_v_hat:g})"
         numbers.append(f"Adam's ε = {config.eps:g} takes over below a reward scale φ = ε/(c·√v̂) = "
                        f"{threshold}, c = {scale:.3g} being the weights' constant factor")
-    else:
-        numbers.append(f"{config.optimizer} is not Adam: its step scales with φ (Prop. 2 needs Adam)")
-        exposed = exposed or not normalised
+    elif not config.adam:
+        numbers.append(f"{config.optimizer} is not Adam: its step scales with the gradient (Prop. 2 needs "
+                       "Adam), so only σ-normalised advantages make it scale-free")
     return Finding("ch04", exposed, summary, tuple(numbers),
                    "companion/eps_dominated_frac and opt_sqrt_v_hat_mean (DiagnosticsCallback)", change)
 
