@@ -81,7 +81,8 @@ class GRPOTrainer(trl.GRPOTrainer):
         ``hook(logprobs, old_logprobs, advantages, mask, ref_logprobs=None, tokens=None, entropies=None)``
         returning a ``LossOutput`` or a scalar tensor; None: ``objective_from_args(args)``.
     advantages: "objective" (``objective.advantages`` of the summed rewards, groups of
-        ``num_generations``) or "trl" (TRL's own advantages; the objective only defines the loss).
+        ``num_generations``; a loss hook has none, so TRL's are kept) or "trl" (TRL's own advantages;
+        the objective only defines the loss).
     """
 
     def __init__(self, *args: Any, objective: Objective | LossHook | None = None,
@@ -116,7 +117,7 @@ class GRPOTrainer(trl.GRPOTrainer):
         rows = torch.arange(start, start + local, device=rewards.device)
         output["companion_group"] = rows // group_size
         output["companion_rewards"] = rewards[rows]
-        if self.advantage_source == "objective" and isinstance(self.objective, Objective | _HasAdvantages):
+        if self.advantage_source == "objective" and hasattr(self.objective, "advantages"):
             mask = output["completion_mask"] if self.accelerator.num_processes == 1 else None
             output["advantages"] = _objective_advantages(self.objective, rewards, group_size, mask)[rows]
         return output
@@ -145,7 +146,7 @@ class GRPOTrainer(trl.GRPOTrainer):
     def objective_output(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                          **extra: Any) -> LossOutput | Tensor:
         """The objective's loss on one micro-batch (a ``LossOutput`` for an Objective)."""
-        if isinstance(self.objective, Objective) or hasattr(self.objective, "loss"):
+        if hasattr(self.objective, "loss"):
             if not _needs_gtpo_inputs(self.objective):
                 extra = {k: v for k, v in extra.items() if k == "ref_logprobs"}
             return self.objective.loss(logprobs, old_logprobs, advantages, mask, **extra)
@@ -219,14 +220,6 @@ class GRPOTrainer(trl.GRPOTrainer):
         return row
 
 
-class _HasAdvantages:
-    """Anything with an ``advantages(rewards, group_size, mask)`` method (duck-typed objectives)."""
-
-    @classmethod
-    def __subclasshook__(cls, other: type) -> bool:
-        return callable(getattr(other, "advantages", None)) and callable(getattr(other, "loss", None))
-
-
 def _objective_advantages(objective: Any, rewards: Tensor, group_size: int, mask: Tensor | None) -> Tensor:
     """Eq. 2 (and its variants) from the objective; completions without a reward get A = 0, and the mean of
     their group's scored completions in its place (TRL leaves them out of the group statistics instead)."""
@@ -266,7 +259,7 @@ def _check_supported(args: Any, advantages: str, objective: Any, use_vllm: bool)
     if advantages == "objective" and args.multi_objective_aggregation != "sum_then_normalize":
         problems.append(f"multi_objective_aggregation={args.multi_objective_aggregation!r} with "
                         "advantages='objective' (supported: 'sum_then_normalize', or advantages='trl')")
-    if _needs_gtpo_inputs(objective) and getattr(objective, "gtpo", False):
+    if getattr(objective, "gtpo", False):
         problems.append("a GTPO objective (its conflict tokens need contiguous groups; TRL shuffles them)")
     if problems:
         raise ValueError("companion's GRPOTrainer does not reproduce these GRPOConfig settings: "
