@@ -1,6 +1,10 @@
 """companion.integrations.trl against TRL 1.16 itself: the loss of every loss_type (value and gradient, fp64,
 1e-6) through TRL's own `_compute_loss`, and a real `GRPOTrainer.train()` whose logged diagnostics are
-recomputed here from the batches it saw."""
+recomputed here from the batches it saw.
+
+"fp64": the model, π_old, π_ref and the advantages are float64; TRL's fused LM head still returns float32
+log-probs, and both losses then compute in float64 (last measured: value within 4.4e-16, gradient
+identical, over the 38 cases)."""
 
 from __future__ import annotations
 

@@ -130,6 +130,7 @@ class GRPOTrainer(trl.GRPOTrainer):
         logprobs, entropies, aux_loss = self._logprobs(model, inputs)
         old = inputs.get("old_per_token_logps")
         old = logprobs.detach() if old is None else old
+        logprobs = logprobs.to(_promoted_dtype(logprobs, old, inputs))  # as TRL's own arithmetic promotes
         out = self.objective_output(logprobs, old, inputs["advantages"], mask,
                                     ref_logprobs=inputs.get("ref_per_token_logps"),
                                     tokens=inputs["completion_ids"], entropies=entropies,
@@ -230,6 +231,16 @@ def _objective_advantages(objective: Any, rewards: Tensor, group_size: int, mask
         rewards = torch.where(unscored, fill, rewards)
     advantages = objective.advantages(rewards, group_size, mask)
     return advantages.masked_fill(unscored.view(-1, *[1] * (advantages.dim() - 1)), 0.0)
+
+
+def _promoted_dtype(logprobs: Tensor, old: Tensor, inputs: dict[str, Any]) -> torch.dtype:
+    """The dtype TRL's loss arithmetic ends in: TRL's fused head returns float32 log-probs, which mix with
+    π_old, π_ref and the advantages (float64 when those are)."""
+    dtype = torch.promote_types(logprobs.dtype, old.dtype)
+    for key in ("ref_per_token_logps", "advantages"):
+        if isinstance(inputs.get(key), Tensor) and inputs[key].is_floating_point():
+            dtype = torch.promote_types(dtype, inputs[key].dtype)
+    return dtype
 
 
 def _needs_gtpo_inputs(objective: Any) -> bool:
