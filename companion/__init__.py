@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 _SUBMODULES = ("objective", "methods", "prefix", "optim", "theory", "policies", "tasks", "lab", "viz",
-               "exercises", "trainers", "notebook")
+               "exercises", "trainers", "notebook", "audit")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

@@ -1027,3 +1027,91 @@ def check_dashboard_panel(failure: str, answer: Any) -> Check:
         also = f" ({', '.join(others)} shows it too.)" if others else ""
         return Check(name, True, f"{answer!r}: {DASHBOARD_PANELS[answer].title}.{also}", hint)
     return Check(name, False, f"{answer!r} ({DASHBOARD_PANELS[answer].title}) does not reveal it.", hint)
+# --- chapter 7 ---
+# From the toy to your trainer: read a TRL or verl configuration, name the biases it is exposed to, and
+# propose the change (companion.audit does the reading).
+
+CH07_CHAPTERS = ("ch03", "ch04", "ch05", "ch06")
+CH07_READING_KEYS = ("group_size", "inner_steps", "aggregation")
+
+
+def check_config_reading(answer: Any, config: Mapping[str, Any], trainer: str | None = None) -> Check:
+    """Chapter 7: the group size, the optimizer steps per batch (μ) and the aggregation of Eq. 1 that a
+    configuration gives, as ``{"group_size": int, "inner_steps": int, "aggregation": str}``."""
+    from companion.audit import load
+
+    reading = load(config, trainer)
+    expected = {"group_size": reading.group_size, "inner_steps": reading.inner_steps,
+                "aggregation": reading.objective.aggregation}
+    name = "reading of the configuration"
+    hints = {"group_size": "The group is TRL's num_generations or verl's actor_rollout_ref.rollout.n.",
+             "inner_steps": "μ counts optimizer steps per batch of samples: passes (num_iterations, "
+                            "ppo_epochs) times the steps of one pass (TRL: steps_per_generation / "
+                            "gradient_accumulation_steps; verl: train_batch_size / ppo_mini_batch_size).",
+             "aggregation": "An unset loss_agg_mode (or loss_type) takes the trainer's default; the names "
+                            "are those of cp.objective.AGGREGATIONS."}
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hints["inner_steps"])
+    if not isinstance(answer, Mapping) or set(answer) != set(CH07_READING_KEYS):
+        return Check(name, False, f"Expected a dict with exactly the keys {list(CH07_READING_KEYS)}.")
+    wrong = [key for key in CH07_READING_KEYS if answer[key] != expected[key]]
+    if wrong:
+        return Check(name, False, f"Not yet right: {wrong}.", hints[wrong[0]])
+    return Check(name, True, "Group size, μ and α all match.")
+
+
+def check_exposed_chapters(answer: Any, configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Check:
+    """Chapter 7: for each named ``(trainer, fields)`` configuration, the set of chapters (of
+    ``CH07_CHAPTERS``) whose finding ``companion.audit`` reports it exposed to."""
+    from companion.audit import audit
+
+    expected = {name: audit(fields, trainer).exposed for name, (trainer, fields) in configs.items()}
+    name = "biases of each configuration"
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).",
+                     "Go through the four checklists of this chapter for each configuration.")
+    if not isinstance(answer, Mapping) or set(answer) != set(expected):
+        return Check(name, False, f"Expected a dict with the keys {sorted(expected)}, one set each.")
+    unknown = {ch for chapters in answer.values() for ch in chapters} - set(CH07_CHAPTERS)
+    if unknown:
+        return Check(name, False, f"Unknown chapter name(s) {sorted(unknown)}; use {list(CH07_CHAPTERS)}.")
+    for key in sorted(expected):
+        mine, target = set(answer[key]), expected[key]
+        if mine != target:
+            missing, extra = sorted(target - mine), sorted(mine - target)
+            detail = "; ".join(part for part in (f"missing {missing}" if missing else "",
+                                                 f"not exposed to {extra}" if extra else "") if part)
+            return Check(name, False, f"Configuration {key}: {detail}.",
+                         "Chapter 6 applies to every configuration. For the others: does α differ between "
+                         "completions (ch03)? Are the advantages divided by σ(r) (ch04)? Is μ > 1 with Adam "
+                         "and a hard clip (ch05)?")
+    return Check(name, True, "Every configuration's exposures match the audit.")
+
+
+def check_config_change(answer: Any, config: Mapping[str, Any], *, remove: Sequence[str] = ("ch03", "ch05"),
+                        max_changes: int = 2, keep: Sequence[str] = ("learning_rate", "adam_beta1",
+                                                                     "adam_beta2", "optim")) -> Check:
+    """Chapter 7: at most ``max_changes`` TRL fields that, changed in ``config``, leave none of the chapters
+    ``remove`` exposed, without touching the fields in ``keep``."""
+    from companion.audit import AuditError, audit
+
+    name = f"a change that removes {list(remove)}"
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).",
+                     "One field per finding: the weights for ch03, the steps per batch for ch05.")
+    if not isinstance(answer, Mapping) or not answer:
+        return Check(name, False, "Expected a non-empty dict of the fields you change.")
+    if len(answer) > max_changes:
+        return Check(name, False, f"{len(answer)} fields changed; at most {max_changes}.")
+    touched = sorted(set(answer) & set(keep))
+    if touched:
+        return Check(name, False, f"{touched} must stay as they are (the optimizer and its learning rate).")
+    try:
+        report = audit({**config, **answer}, trainer="trl")
+    except AuditError as error:
+        return Check(name, False, f"The changed configuration is not valid: {error}")
+    left = sorted(set(remove) & report.exposed)
+    if left:
+        return Check(name, False, f"Still exposed to {left}.",
+                     "ch03: one weight per token (loss_type). ch05: one optimizer step per batch.")
+    return Check(name, True, f"The audit reports neither {' nor '.join(remove)}.")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from companion._extras import require
 from companion.tasks import Task
 
 MAX_TABULAR_DEPTH = 8
@@ -302,6 +303,7 @@ def build_tokenizer(vocab: tuple[str, ...]):
 
     Built with the ``tokenizers`` library and wrapped in ``PreTrainedTokenizerFast``; nothing is downloaded.
     """
+    require("lab", "tokenizers", "transformers", feature="companion.policies.build_tokenizer")
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -329,6 +331,7 @@ class TinyGPT2Policy(nn.Module):
     def __init__(self, vocab: tuple[str, ...], *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
                  n_positions: int = 32, seed: int = 0, model=None, tokenizer=None) -> None:
         super().__init__()
+        require("lab", "transformers", "tokenizers", feature="TinyGPT2Policy")
         from transformers import GPT2Config, GPT2LMHeadModel
 
         self.vocab = tuple(vocab)

@@ -16,7 +16,7 @@ from companion.objective import Objective
 TRL_VERSION = "1.16.0"
 VERL_VERSION = "0.9.1"
 
-TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
 TRL_IS_LEVELS = ("token", "sequence")
 TRL_SCALE_REWARDS = ("group", "batch", "none")
 TRL_FIELDS = (
@@ -93,6 +93,7 @@ _TRL_AGGREGATION = {
     "dapo": "token_mean",  # num_items_in_batch = the batch's active tokens in one process
     "cispo": "token_mean",
     "dr_grpo": "constant",  # 1 / (N * max_completion_length)
+    "luspo": "seq_mean_token_sum",  # (per_token_loss * mask).sum(-1).mean(): 1 / N
 }
 
 _VERL_AGGREGATION = {
@@ -125,8 +126,10 @@ def objective_from_trl(
     `epsilon_high=None`, `delta=None`, `beta=0.0`, `scale_rewards="group"` (or the legacy booleans),
     `max_completion_length=512`, `use_bias_correction_kl=True`, `sapo_temperature_pos=1.0`,
     `sapo_temperature_neg=1.05`. One process and one micro-batch per optimiser step are assumed (then
-    `dapo`/`cispo` normalise by the batch's active tokens, like `bnpo`). The fields are validated with
-    TRL's names before the reading is built.
+    `dapo`/`cispo` normalise by the batch's active tokens, like `bnpo`). `luspo` is the clipped surrogate
+    summed over each completion's tokens and averaged over completions (α = 1/N). TRL's `vespo` (a
+    gamma-shaped weight of the sequence ratio) has no reading in Eq. 1's terms and is rejected. The fields
+    are validated with TRL's names before the reading is built.
     """
     _reject_unknown("from_trl", unsupported, TRL_FIELDS)
     _require_choice("loss_type", loss_type, TRL_LOSS_TYPES)
@@ -142,7 +145,7 @@ def objective_from_trl(
     _require_positive("sapo_temperature_pos", sapo_temperature_pos)
     _require_positive("sapo_temperature_neg", sapo_temperature_neg)
     eps_high = epsilon if epsilon_high is None else epsilon_high
-    clipped = loss_type in ("grpo", "bnpo", "dr_grpo", "dapo")
+    clipped = loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
     surrogate = {"cispo": "is_weighted_log_prob", "sapo": "soft_gate"}.get(loss_type, "clip")
     source = f"trl {TRL_VERSION} loss_type={loss_type} level={importance_sampling_level}"
     return Objective(

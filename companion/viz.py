@@ -30,6 +30,10 @@ from dataclasses import dataclass, field, replace
 from numbers import Real
 from typing import Any, Literal
 
+from companion._extras import require
+
+require("viz", "matplotlib", feature="companion.viz")
+
 BOOK_BUILD_ENV = "COMPANION_BOOK_BUILD"
 """Environment variable set by the book build; explorers then render their static form."""
 

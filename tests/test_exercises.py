@@ -649,3 +649,60 @@ def test_ch06_check_dashboard_panel():
     assert not check_dashboard_panel("kl_rising", None)
     with pytest.raises(ValueError, match="failure"):
         check_dashboard_panel("nope", "kl")
+# --- chapter 7 ---
+from companion.exercises import (  # noqa: E402
+    check_config_change,
+    check_config_reading,
+    check_exposed_chapters,
+)
+
+CH07_VERL = {"algorithm.adv_estimator": "grpo", "data.train_batch_size": 1024,
+             "data.max_response_length": 1024, "actor_rollout_ref.actor.ppo_mini_batch_size": 256,
+             "actor_rollout_ref.actor.use_kl_loss": True, "actor_rollout_ref.actor.kl_loss_coef": 0.001,
+             "actor_rollout_ref.actor.kl_loss_type": "low_var_kl", "actor_rollout_ref.rollout.n": 5}
+CH07_CANDIDATES = {
+    "A": ("trl", {"loss_type": "sapo", "num_iterations": 1}),
+    "B": ("trl", {"loss_type": "dr_grpo", "scale_rewards": "none", "num_iterations": 2, "beta": 0.04}),
+    "C": ("verl", {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.rollout.n": 8,
+                   "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-mean",
+                   "actor_rollout_ref.actor.ppo_mini_batch_size": 1024}),
+}
+CH07_TEAM = {"loss_type": "grpo", "num_iterations": 4, "beta": 0.0, "num_generations": 8,
+             "learning_rate": 1e-6, "adam_beta1": 0.9}
+
+
+def test_ch07_config_reading():
+    solution = {"group_size": 5, "inner_steps": 4, "aggregation": "token_mean"}
+    assert check_config_reading(solution, CH07_VERL, trainer="verl").passed
+    assert not check_config_reading(None, CH07_VERL, trainer="verl")
+    one_step = check_config_reading({**solution, "inner_steps": 1}, CH07_VERL, trainer="verl")
+    assert not one_step and "inner_steps" in one_step.message and "ppo_mini_batch_size" in one_step.hint
+    assert not check_config_reading({"group_size": 5}, CH07_VERL, trainer="verl")
+    assert not check_config_reading({**solution, "aggregation": "seq_mean_token_mean"}, CH07_VERL,
+                                    trainer="verl")
+
+
+def test_ch07_exposed_chapters():
+    solution = {"A": {"ch03", "ch06"}, "B": {"ch04", "ch05", "ch06"}, "C": {"ch03", "ch06"}}
+    assert check_exposed_chapters(solution, CH07_CANDIDATES).passed
+    assert not check_exposed_chapters(None, CH07_CANDIDATES)
+    wrong = check_exposed_chapters({**solution, "B": {"ch05", "ch06"}}, CH07_CANDIDATES)
+    assert not wrong and "Configuration B" in wrong.message and "ch04" in wrong.message
+    too_many = check_exposed_chapters({**solution, "A": {"ch03", "ch05", "ch06"}}, CH07_CANDIDATES)
+    assert not too_many and "not exposed to ['ch05']" in too_many.message
+    assert "Unknown chapter" in check_exposed_chapters({**solution, "A": {"ch9"}}, CH07_CANDIDATES).message
+    assert not check_exposed_chapters({"A": set()}, CH07_CANDIDATES)
+
+
+def test_ch07_config_change():
+    assert check_config_change({"loss_type": "dapo", "num_iterations": 1}, CH07_TEAM).passed
+    assert check_config_change({"loss_type": "dr_grpo", "num_iterations": 1}, CH07_TEAM).passed
+    assert not check_config_change(None, CH07_TEAM)
+    half = check_config_change({"loss_type": "dapo"}, CH07_TEAM)
+    assert not half and "ch05" in half.message
+    optimizer = check_config_change({"loss_type": "dapo", "adam_beta1": 0.0}, CH07_TEAM)
+    assert not optimizer and "adam_beta1" in optimizer.message
+    many = check_config_change({"loss_type": "dapo", "num_iterations": 1, "beta": 0.04}, CH07_TEAM)
+    assert not many and "at most 2" in many.message
+    invalid = check_config_change({"loss_type": "ppo", "num_iterations": 1}, CH07_TEAM)
+    assert not invalid and "not valid" in invalid.message

@@ -149,7 +149,7 @@ def trl_trainer_stub(ns: dict, logp: torch.Tensor, cfg: dict) -> SimpleNamespace
 def check_trl(root: Path) -> float:
     ns = trl_namespace(root)
     worst = 0.0
-    cases = [dict(loss_type=lt) for lt in ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")]
+    cases = [dict(loss_type=lt) for lt in ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")]
     cases += [dict(loss_type=lt, importance_sampling_level="sequence") for lt in ("grpo", "dapo", "sapo")]
     cases += [
         dict(loss_type="dapo", epsilon_high=0.28),

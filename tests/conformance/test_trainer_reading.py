@@ -88,7 +88,7 @@ BUILDERS = {"trl": trainers.objective_from_trl, "verl": trainers.objective_from_
     ("library", "field", "value", "valid"),
     [
         ("trl", "loss_type", "vespo", TRL_LOSS_TYPES),
-        ("trl", "loss_type", "luspo", TRL_LOSS_TYPES),
+        ("trl", "loss_type", "gspo", TRL_LOSS_TYPES),
         ("trl", "importance_sampling_level", "sentence", ("token", "sequence")),
         ("trl", "scale_rewards", "global", ("group", "batch", "none")),
         ("verl", "policy_loss", "clip_cov", VERL_POLICY_LOSSES),

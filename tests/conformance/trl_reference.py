@@ -13,7 +13,7 @@ import torch
 
 TRL_VERSION = "1.16.0"
 TRL_STD_STABILISER = 1e-4  # `advantages / (std_rewards + 1e-4)`
-TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+TRL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
 
 
 def trl_advantages(
@@ -89,7 +89,7 @@ def trl_loss(
     if loss_type == "cispo":
         weight = torch.clamp(ratio, max=eps_high).detach()
         per_token = -weight * adv * logprobs
-    elif loss_type in ("grpo", "bnpo", "dr_grpo", "dapo"):
+    elif loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
         clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
         unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
         per_token = -torch.min(unclipped * adv, clipped * adv)
@@ -113,6 +113,8 @@ def trl_loss(
         return masked.sum() / mask.sum().clamp(min=1.0)
     if loss_type == "dr_grpo":
         return masked.sum() / (masked.shape[0] * max_completion_length)
+    if loss_type == "luspo":
+        return masked.sum(-1).mean()
     # dapo, cispo: num_items_in_batch (active tokens of the generation batch) / num_processes
     #              * grad_accum / steps_per_generation  ->  mask.sum() in one process, one micro-batch
     return masked.sum() / mask.sum().clamp(min=1.0)
