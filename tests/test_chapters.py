@@ -230,3 +230,13 @@ def test_every_chapter_marks_its_slides(path: Path):
     """Slide cells (Jupyter's slideshow metadata) make the chapter's deck; see book/_ext/slides.py."""
     kinds = [c.metadata.get("slideshow", {}).get("slide_type") for c in read(path).cells]
     assert kinds.count("slide") >= 3, "mark the claim, the key figures and the takeaways as slides"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_alt_text(built_book, path: Path):
+    """A cell that draws a picture carries a text alternative for screen readers in its metadata
+    (``{"mystnb": {"image": {"alt": ...}}}``, which myst-nb puts on the page's ``<img alt>``)."""
+    missing = [index for index, cell in enumerate(executed(path).cells)
+               if any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+               and not cell.metadata.get("mystnb", {}).get("image", {}).get("alt")]
+    assert missing == [], "cells with a figure but no alt text"
