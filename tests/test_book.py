@@ -315,4 +315,6 @@ def test_accessible_names_match_the_visible_text():
     assert '<i aria-hidden="true" class="theme-switch fa-solid fa-sun" data-mode="light"></i>' in fixed
     assert 'aria-label="Color mode"' in fixed
     assert "<summary><p>Show code cell source" in fixed
+    table = companion_book.accessible_markup("<table><tr></tr></table>")
+    assert table == '<table tabindex="0"><tr></tr></table>'
     assert companion_book.accessible_markup(fixed) == fixed

@@ -141,6 +141,14 @@ def test_source_checks_catch_what_they_guard():
     ]
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_code_line_is_wider_than_80_characters(path: Path):
+    """Strictly: ruff's E501 lets a line without spaces (a long f-string continuation) through."""
+    wide = [(index, line) for index, cell in enumerate(read(path).cells) if cell.cell_type == "code"
+            for line in cell.source.split("\n") if len(line) > 80]
+    assert wide == []
+
+
 def test_chapter_code_fits_the_code_column():
     """ruff with book/ruff.toml: 80 characters a line, and the project's other rules."""
     ruff = Path(sys.executable).parent / "ruff"

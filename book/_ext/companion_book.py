@@ -36,9 +36,9 @@
     setting behind the repository, issues and launch (Colab, Binder) buttons; without it they are hidden
     (see :func:`choose_repository`). With it, a chapter whose Colab install cell installs ``companion``
     from another URL is a warning (``book/_ext/set_repository_url.py`` rewrites those cells).
-13. Accessible names: the theme's and myst-nb's markup gives three controls an ``aria-label`` that does not
-    contain their visible text (WCAG 2.5.3, axe-core's label-content-name-mismatch); the written pages are
-    corrected after the build (:func:`accessible_markup`).
+13. Accessibility after the build (:func:`accessible_markup`): the theme's and myst-nb's markup gives three
+    controls an ``aria-label`` that does not contain their visible text (WCAG 2.5.3, axe-core's
+    label-content-name-mismatch), and tables, which may scroll sideways, take keyboard focus.
 """
 
 from __future__ import annotations
@@ -487,12 +487,14 @@ ACCESSIBLE_NAMES = (
     (re.compile(r'<i class="(theme-switch [^"]*)"([^>]*?) title="[^"]*"'),
      r'<i aria-hidden="true" class="\1"\2'),
     (re.compile(r'<summary aria-label="Toggle hidden content">'), "<summary>"),
+    # companion.css lets a wide table scroll inside the column: a scroll region must take keyboard focus
+    (re.compile(r"<table(?![^>]*tabindex)"), '<table tabindex="0"'),
 )
 
 
 def accessible_markup(page: str) -> str:
     """The page with the accessible names of the search field, the colour-mode button and code toggles
-    matching their visible text."""
+    matching their visible text, and focusable tables."""
     for pattern, replacement in ACCESSIBLE_NAMES:
         page = pattern.sub(replacement, page)
     return page
