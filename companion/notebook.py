@@ -42,11 +42,14 @@ def setup(seed: int = 0, threads: int | None = None) -> None:
     """
     import numpy as np
     import torch
-    import torch._dynamo  # the lazy import of the first optimizer (see the docstring)
 
     from companion.lab import thread_count
     from companion.viz import use_style
 
+    with Progress(1, "first-time set-up: torch's optimizer machinery") as line:
+        import torch._dynamo  # the lazy import of the first optimizer (see the docstring)
+
+        line.update()
     use_style()
     torch.set_num_threads(thread_count() if threads is None else threads)
     random.seed(seed)
