@@ -163,6 +163,21 @@ def test_every_section_opens_with_an_instructor_note(path: Path):
     assert note_minutes(notebook) > 0
 
 
+def course_minutes() -> dict[int, int]:
+    """Chapter number -> minutes, from the 'Minutes per chapter' table of book/course.md."""
+    text = (ROOT / "book" / "course.md").read_text().split("## Minutes per chapter", 1)[1]
+    return {int(n): int(m) for n, m in re.findall(r"^\| (\d+) \| (\d+) \|", text, re.M)}
+
+
+def test_the_course_page_minutes_are_the_notes_minutes():
+    """book/course.md's plans are built from the notes' minutes; a retimed note must update the page."""
+    table = course_minutes()
+    assert set(table) >= {int(p.name[2:4]) for p in NOTEBOOKS if re.match(r"ch\d\d_", p.name)}
+    for path in NOTEBOOKS:
+        if re.match(r"ch\d\d_", path.name):
+            assert note_minutes(read(path)) == table[int(path.name[2:4])], path.name
+
+
 def test_instructor_note_check_catches_what_it_guards():
     note = (":::{admonition} Teaching notes: The claim (10 min)\n:class: instructor-note dropdown\n\n"
             "Demo. [TRL #2703](https://github.com/huggingface/trl/issues/2703)\n:::")
