@@ -203,7 +203,7 @@ def test_editions_in_a_real_build(tmp_path):
     (source / "index.md").write_text(
         "# Page\n\n:::{exercise}\n:label: ex1\n\nCompute $A_i$.\n:::\n\n"
         ":::{solution} ex1\n:class: dropdown\n\nTHE-SOLUTION-TEXT\n:::\n\n"
-        ":::{admonition} Teaching this page\n:class: instructor-note\n\nTHE-INSTRUCTOR-NOTE\n:::\n"
+        ":::{admonition} Teaching this page\n:class: instructor-note dropdown\n\nTHE-INSTRUCTOR-NOTE\n:::\n"
     )
 
     def build(edition: str) -> str:
@@ -224,6 +224,8 @@ def test_editions_in_a_real_build(tmp_path):
         return re.search(r'<div class="([^"]*solution[^"]*)"', page).group(1)
 
     assert "dropdown" in solution_classes(full) and "dropdown" not in solution_classes(instructor)
+    note_classes = re.search(r'<div class="([^"]*instructor-note[^"]*)"', instructor).group(1)
+    assert "dropdown" not in note_classes  # folded in JupyterLab, open in the instructor edition
 
 
 def test_student_notebooks_leave_out_solutions_and_instructor_notes():
@@ -237,6 +239,10 @@ def test_student_notebooks_leave_out_solutions_and_instructor_notes():
     student = companion_book.student_notebook(notebook)
     assert [c.source[:12] for c in student.cells] == [":::{exercise", "answer = Non", ":::{admoniti"]
     assert "everyone" in student.cells[2].source and len(notebook.cells) == 6
+    full = companion_book.without_instructor_notes(notebook)  # the full edition's .ipynb download
+    assert [c.source[:12] for c in full.cells] == [":::{exercise", "answer = Non", ":::{solution",
+                                                   ":::{admoniti", "print(1)"]
+    assert "everyone" in full.cells[3].source
 
 
 def test_plain_text_docstrings_become_valid_rst():

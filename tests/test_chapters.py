@@ -1,7 +1,8 @@
 """The chapters as a reader meets them: their sources (fast, no execution) and their executed form.
 
 Source checks: every number in the prose ({eval}) is computed above it by a cell that runs, solutions are
-collapsible and follow their exercise, code fits the 80-column code column.
+collapsible and follow their exercise, code fits the 80-column code column, and every main section opens
+with an instructor note (timing, what to demo, misconceptions cited from the TRL / verl / open-r1 trackers).
 
 Executed checks read the notebooks the book build executed once (``_build/jupyter_execute``, see
 tests/book_build.py), so CI runs each chapter once: no error and nothing on stderr in any cell, every
@@ -25,6 +26,9 @@ import nbformat
 import pytest
 
 from book_build import EXECUTED_DIR, ROOT
+
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import companion_book
 
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -103,6 +107,105 @@ def solution_problems(notebook: nbformat.NotebookNode) -> list[str]:
             if not alone:  # the student notebooks drop the whole cell
                 problems.append(f"cell {index}: the solution to {label} must be alone in its markdown cell")
     return problems
+
+
+NOTE_OPENING = re.compile(r"^:::\{admonition\} Teaching notes: [^\n]+ \((?P<minutes>\d+) min\)\n"
+                          r":class: instructor-note dropdown\n\n")
+TRACKER_URL = re.compile(r"https://github\.com/(huggingface/trl|verl-project/verl|volcengine/verl|"
+                         r"huggingface/open-r1)/(issues|pull)/\d+")
+FENCED = re.compile(r"^(`{3,}|:{3,}).*?^\1[ \t]*$", re.M | re.S)
+
+
+def instructor_note_problems(notebook: nbformat.NotebookNode) -> list[str]:
+    """Every main section (a '## ' heading; not the takeaways) has one instructor note, in its own markdown
+    cell that holds only the admonition, before the section's first code cell: a title with the minutes,
+    the ``instructor-note dropdown`` class, and at least one issue or PR of TRL, verl or open-r1."""
+    problems: list[str] = []
+    notes: dict[str, int] = {}
+    section, code_seen = None, False
+    for index, cell in enumerate(notebook.cells):
+        if "instructor-note" in cell.source:
+            if not companion_book.is_instructor_note_cell(cell):
+                problems.append(f"cell {index}: an instructor note must open its own markdown cell")
+            elif cell.source.count("{admonition}") != 1 or not cell.source.rstrip().endswith(":::"):
+                problems.append(f"cell {index}: the instructor note must be alone in its cell")
+            elif not NOTE_OPENING.match(cell.source):
+                problems.append(f"cell {index}: the note opens with 'Teaching notes: <section> (N min)' and "
+                                "':class: instructor-note dropdown'")
+            elif not TRACKER_URL.search(cell.source):
+                problems.append(f"cell {index}: the note cites no TRL, verl or open-r1 issue")
+            elif section is None or code_seen:
+                problems.append(f"cell {index}: the note must open a section, before its first code cell")
+            else:
+                notes[section] += 1
+            continue
+        if cell.cell_type == "code":
+            code_seen = True
+        for heading in re.findall(r"^## (.+)$", FENCED.sub("", cell.source) if cell.cell_type == "markdown"
+                                  else "", re.M):
+            section, code_seen = heading.strip(), False
+            notes.setdefault(section, 0)
+    problems += [f"section {name!r} has {count} instructor notes, not 1" for name, count in notes.items()
+                 if name != "Takeaways" and count != 1]
+    return problems
+
+
+def note_minutes(notebook: nbformat.NotebookNode) -> int:
+    return sum(int(m["minutes"]) for cell in notebook.cells if (m := NOTE_OPENING.match(cell.source)))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_section_opens_with_an_instructor_note(path: Path):
+    """Instructor notes (book/course.md): hidden in the full and student editions, shown in the instructor
+    edition, speaker notes on the slides."""
+    notebook = read(path)
+    assert instructor_note_problems(notebook) == []
+    assert note_minutes(notebook) > 0
+
+
+def course_minutes() -> dict[int, int]:
+    """Chapter number -> minutes, from the 'Minutes per chapter' table of book/course.md."""
+    text = (ROOT / "book" / "course.md").read_text().split("## Minutes per chapter", 1)[1]
+    return {int(n): int(m) for n, m in re.findall(r"^\| (\d+) \| (\d+) \|", text, re.M)}
+
+
+def test_the_course_page_minutes_are_the_notes_minutes():
+    """book/course.md's plans are built from the notes' minutes; a retimed note must update the page."""
+    table = course_minutes()
+    assert set(table) >= {int(p.name[2:4]) for p in NOTEBOOKS if re.match(r"ch\d\d_", p.name)}
+    for path in NOTEBOOKS:
+        if re.match(r"ch\d\d_", path.name):
+            assert note_minutes(read(path)) == table[int(path.name[2:4])], path.name
+
+
+def test_instructor_note_check_catches_what_it_guards():
+    note = (":::{admonition} Teaching notes: The claim (10 min)\n:class: instructor-note dropdown\n\n"
+            "Demo. [TRL #2703](https://github.com/huggingface/trl/issues/2703)\n:::")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("# Title"),
+        nbformat.v4.new_markdown_cell("## The claim"),
+        nbformat.v4.new_markdown_cell(note),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_markdown_cell("## Where it breaks\n\n```python\n## not a section\n```"),
+        nbformat.v4.new_code_cell("y = 2"),
+        nbformat.v4.new_markdown_cell(note),
+        nbformat.v4.new_markdown_cell("## Explore"),
+        nbformat.v4.new_markdown_cell("Text.\n\n" + note),
+        nbformat.v4.new_markdown_cell(note.replace("dropdown", "")),
+        nbformat.v4.new_markdown_cell(note.replace("https://github.com/huggingface/trl/issues/2703", "#")),
+        nbformat.v4.new_markdown_cell("## Takeaways"),
+    ]
+    assert instructor_note_problems(notebook) == [
+        "cell 6: the note must open a section, before its first code cell",
+        "cell 8: an instructor note must open its own markdown cell",
+        "cell 9: the note opens with 'Teaching notes: <section> (N min)' and "
+        "':class: instructor-note dropdown'",
+        "cell 10: the note cites no TRL, verl or open-r1 issue",
+        "section 'Where it breaks' has 0 instructor notes, not 1",
+        "section 'Explore' has 0 instructor notes, not 1",
+    ]
+    assert note_minutes(notebook) == 10 * 3
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -44,7 +44,8 @@ def test_only_marked_cells_are_on_the_slides_in_their_structure():
     first, below = deck[0]
     assert "Title" in first and "same slide" in first and "not on" not in first and "skipped" not in first
     assert '<div class="fragment"><p>later on this slide</p>' in first
-    assert below.startswith("<p>below</p>") and '<aside class="notes"><p>say this</p>' in below
+    assert below.startswith('<h3 class="deck-section">Title</h3><p>below</p>')  # titled by its section
+    assert '<aside class="notes"><p>say this</p>' in below
     assert "next" in deck[1][0]
 
 
@@ -79,7 +80,7 @@ def test_code_cells_show_their_outputs_not_their_code_unless_tagged():
     plain = cell("code", "plot()", "slide", outputs=[figure, printed, noise, progress])
     shown = cell("code", "check()", "slide", outputs=[printed], metadata={"tags": ["slide-code"]})
     deck = slides.slides(notebook(plain, shown), {})
-    assert deck[0][0] == ('<img alt="reward curve" src="data:image/png;base64,iVBOR"/>'
+    assert deck[0][0] == ('<img class="deck-figure" alt="reward curve" src="data:image/png;base64,iVBOR"/>'
                           "<pre>max |diff| = 0\n</pre>")
     assert deck[1][0].startswith('<pre class="deck-code"><code>check()</code></pre>')
 
@@ -106,3 +107,41 @@ def test_slide_boxes_keeps_headings_boxes_and_displayed_equations_only():
     html = slides.slides(notebook(boxes), {})[0][0]
     assert "<h2>PPO</h2>" in html and "\\[J = \\min" in html and "Proposition (The clip)" in html
     assert "prose" not in html.lower() and html.count("\\[x\\]") == 1
+
+
+def test_instructor_note_cells_become_the_speaker_notes_of_the_next_slide():
+    note = (":::{admonition} Teaching the clip (10 min)\n:class: instructor-note dropdown\n\n"
+            "Demo {eval}`x`.\n:::")
+    deck = slides.slides(notebook(
+        cell("markdown", "# Title", "slide"),
+        cell("markdown", note),  # no slide type: for the slide of the next slide cell
+        cell("markdown", "not on the slides"),
+        cell("markdown", "## The clip", "slide"),
+        cell("markdown", ":::{admonition} Skipped\n:class: instructor-note\n\nNOT-SHOWN\n:::", "skip"),
+        cell("markdown", ":::{admonition} A box for everyone\n\nOPEN\n:::"),
+        cell("markdown", note.replace("clip", "end")),  # after the last slide cell: on the last slide
+        evals={"x": "4"}), {})
+    assert len(deck) == 2 and "notes" not in deck[0][0]
+    clip = deck[1][0]
+    assert clip.startswith("<h2>The clip</h2>")
+    assert '<aside class="notes"><p><b>Teaching the clip (10 min)</b></p><p>Demo 4.</p>' in clip
+    assert '<aside class="notes"><p><b>Teaching the end (10 min)</b></p>' in clip
+    assert "NOT-SHOWN" not in clip and "OPEN" not in clip and "not on the slides" not in clip
+    assert slides.is_instructor_note(cell("markdown", note))
+    assert not slides.is_instructor_note(cell("markdown", "Text.\n\n" + note))
+
+
+def test_slides_that_start_untitled_show_their_section_heading():
+    figure = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "curve"})
+    deck = slides.slides(notebook(
+        cell("markdown", "# Chapter", "slide"),
+        cell("markdown", "## Where it breaks: $\\mu$ steps\n\nProse.\n\n```python\n# not a heading\n```"),
+        cell("code", "plot()", "slide", outputs=[figure]),
+        cell("markdown", "### Small groups\n\nMore prose."),
+        cell("code", "plot()", "subslide", outputs=[figure]),
+        cell("markdown", "## Takeaways\n\n- one", "slide"),
+    ), {})
+    section = 'Where it breaks: <span class="math inline">\\(\\mu\\)</span> steps'
+    assert deck[1][0].startswith(f'<h3 class="deck-section">{section}</h3><img')
+    assert deck[1][1].startswith(f'<h3 class="deck-section">{section} · Small groups</h3><img')
+    assert deck[2][0].startswith("<h2>Takeaways</h2>") and "deck-section" not in deck[2][0]

@@ -4,9 +4,10 @@
    process's environment, which the kernels myst-nb starts inherit, so ``companion.viz.explorer``
    renders its static, kernel-free form.
    Their IPython profile logs errors only (see :func:`quiet_kernels`).
-2. Editions (``COMPANION_EDITION``): ``full`` (the default: solutions collapsed, no instructor notes),
-   ``student`` (no solutions: sphinx-exercise's ``hide_solutions``; no instructor notes) and ``instructor``
-   (solutions open, and the ``:class: instructor-note`` admonitions: timing, misconceptions).
+2. Editions (``COMPANION_EDITION``): ``full`` (the default: solutions collapsed, no instructor notes, also
+   in the page's ``.ipynb`` download), ``student`` (no solutions: sphinx-exercise's ``hide_solutions``; no
+   instructor notes) and ``instructor`` (solutions open, and the ``:class: instructor-note`` admonitions,
+   open: timing, misconceptions).
 3. After the build, prints how long each notebook took to execute (myst-nb's execution records).
 4. Removes duplicated inline scripts from each page: Sphinx 7.4 registers an inline script added after
    the builder starts twice (once with filename ``None``, once with ``''``), and sphinx-thebe's
@@ -81,12 +82,17 @@ def choose_edition(app: Sphinx, config: Config) -> None:
 
 
 def apply_edition(app: Sphinx, doctree: nodes.document) -> None:
-    """Instructor notes only in the instructor edition, which also opens the solutions' dropdowns."""
+    """Instructor notes only in the instructor edition, which also opens the solutions' dropdowns and the
+    notes' own (a note is a dropdown so that it stays folded in JupyterLab)."""
     from sphinx_exercise.nodes import solution_node
 
     instructor = app.config.companion_edition == "instructor"
     for note in list(doctree.findall(nodes.admonition)):
-        if INSTRUCTOR_NOTE in note["classes"] and not instructor:
+        if INSTRUCTOR_NOTE not in note["classes"]:
+            continue
+        if instructor:
+            note["classes"] = [c for c in note["classes"] if c != "dropdown"]
+        else:
             note.parent.remove(note)
     if instructor:
         for solution in doctree.findall(solution_node):
@@ -283,15 +289,21 @@ STUDENT_DIR = "student"
 SOLUTION_OPENERS = (":::{solution}", "::::{solution}", "```{solution}", "````{solution}")
 
 
+def is_instructor_note_cell(cell: Any) -> bool:
+    """A markdown cell that opens with an ``instructor-note`` admonition."""
+    source = cell.get("source", "").lstrip()
+    header = source.split("\n\n")[0]  # the directive's first line and options
+    opens = source.startswith((":::{admonition}", "::::{admonition}"))
+    return cell.get("cell_type") == "markdown" and opens and INSTRUCTOR_NOTE in header
+
+
 def is_teachers_cell(cell: Any) -> bool:
     """A markdown cell that opens a ``{solution}`` block or is an instructor note, or a cell tagged
     ``solution``: what the student notebooks leave out."""
     if "solution" in cell.get("metadata", {}).get("tags", []):
         return True
-    source = cell.get("source", "").lstrip()
-    header = source.split("\n\n")[0]  # the directive's first line and options
-    note = source.startswith((":::{admonition}", "::::{admonition}")) and INSTRUCTOR_NOTE in header
-    return cell.get("cell_type") == "markdown" and (source.startswith(SOLUTION_OPENERS) or note)
+    solution = cell.get("source", "").lstrip().startswith(SOLUTION_OPENERS)
+    return (cell.get("cell_type") == "markdown" and solution) or is_instructor_note_cell(cell)
 
 
 def student_notebook(notebook: Any) -> Any:
@@ -307,20 +319,35 @@ def chapter_docnames(app: Sphinx) -> list[str]:
     return [name for name in app.env.found_docs if app.env.doc2path(name).endswith(".ipynb")]
 
 
+def without_instructor_notes(notebook: Any) -> Any:
+    """A copy of ``notebook`` without its instructor notes (solutions kept)."""
+    import copy
+
+    kept = copy.deepcopy(notebook)
+    kept.cells = [cell for cell in kept.cells if not is_instructor_note_cell(cell)]
+    return kept
+
+
 def write_student_notebooks(app: Sphinx, exception: Exception | None) -> None:
-    """``student/<chapter>.ipynb`` for every chapter; in the student edition also the page's own source."""
+    """``student/<chapter>.ipynb`` for every chapter. The page's own ``.ipynb`` download is that notebook in
+    the student edition, and the chapter without its instructor notes in the full edition."""
     import nbformat
 
     if exception is not None or app.builder.format != "html":
         return
     for docname in chapter_docnames(app):
-        notebook = student_notebook(nbformat.read(app.env.doc2path(docname), as_version=4))
+        chapter = nbformat.read(app.env.doc2path(docname), as_version=4)
+        notebook = student_notebook(chapter)
         target = Path(app.outdir) / STUDENT_DIR / f"{Path(docname).name}.ipynb"
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, target)
         source = Path(app.outdir) / "_sources" / f"{docname}.ipynb"
-        if app.config.hide_solutions and source.exists():
+        if not source.exists():
+            continue
+        if app.config.hide_solutions:
             shutil.copyfile(target, source)
+        elif app.config.companion_edition != "instructor":
+            nbformat.write(without_instructor_notes(chapter), source)
 
 
 SLIDES_DIR = "slides"
@@ -339,9 +366,10 @@ def write_slide_decks(app: Sphinx, exception: Exception | None) -> None:
     cites = {}
     for bib in getattr(app.config, "bibtex_bibfiles", []) if notebooks else []:
         cites.update(slides.citations(Path(app.srcdir) / bib))
+    book_title = app.config.html_title or app.config.project  # jupyter-book sets html_title from `title`
     for docname, notebook in notebooks.items():
         depth = "../" * (docname.count("/") + 1)
-        page = slides.deck_html(slides.chapter_title(notebook), app.config.project, f"{depth}{docname}.html",
+        page = slides.deck_html(slides.chapter_title(notebook), book_title, f"{depth}{docname}.html",
                                 slides.slides(notebook, cites), "../_static")
         target = Path(app.outdir) / SLIDES_DIR / f"{Path(docname).name}.html"
         target.parent.mkdir(parents=True, exist_ok=True)

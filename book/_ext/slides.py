@@ -9,11 +9,15 @@ Authors choose what goes on a slide in the notebook itself, with Jupyter's stand
 - cells with no slide type, or ``"skip"``, are not on the slides.
 
 Markdown cells are shown as prose, or, tagged ``slide-boxes``, only their headings, boxes and displayed
-equations (a long explanation around a proposition becomes the proposition). MyST reads as on the page:
-boxes as boxes, ``{eval}`` numbers with the values the book build computed, citations as author-year, math
-typeset by the vendored MathJax; instructor notes (``:class: instructor-note`` admonitions) become speaker
-notes; exercises' solutions are left out. Code cells show their outputs from the executed notebook
-(figures, printed checks, static explorers), not their code, unless the cell is tagged ``slide-code``.
+equations (a long explanation around a proposition becomes the proposition). A slide that starts without a
+heading (a figure, a printed check) is titled with the heading of the chapter section it comes from. MyST
+reads as on the page: boxes as boxes, ``{eval}`` numbers with the values the book build computed,
+citations as author-year, math typeset by the vendored MathJax; instructor notes (``:class:
+instructor-note`` admonitions) become speaker notes, and a markdown cell that holds only an instructor
+note needs no slide type: its note goes to the speaker notes of the slide that the next slide cell lands
+on (the section's first slide); exercises' solutions are left out. Code cells show their outputs from the
+executed notebook (figures, printed checks, static explorers), not their code, unless the cell is tagged
+``slide-code``.
 
 The decks are written after the build to ``slides/<chapter>.html`` in the HTML output; reveal.js and
 MathJax load from ``_static`` (``.ci/vendor-assets``), so a deck works from ``file://`` with no network.
@@ -56,6 +60,14 @@ def slide_type(cell: Any) -> str | None:
 
 def has_slides(notebook: Any) -> bool:
     return any(slide_type(cell) for cell in notebook.cells)
+
+
+def is_instructor_note(cell: Any) -> bool:
+    """A markdown cell that opens with an ``instructor-note`` admonition (its first line and options)."""
+    source = cell.get("source", "").lstrip()
+    header = source.split("\n\n")[0]
+    opens = source.startswith((":::{admonition}", "::::{admonition}"))
+    return cell.get("cell_type") == "markdown" and opens and INSTRUCTOR_CLASS in header
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,7 +182,7 @@ def output_html(output: Any) -> str:
     data = output.get("data", {})
     if "image/png" in data:
         alt = html.escape(data.get("text/plain", "figure"))
-        return f'<img alt="{alt}" src="data:image/png;base64,{data["image/png"]}"/>'
+        return f'<img class="deck-figure" alt="{alt}" src="data:image/png;base64,{data["image/png"]}"/>'
     if data.get("text/html", "").strip():
         return f'<div class="deck-html">{data["text/html"]}</div>'
     if "text/plain" in data and output.get("output_type") == "execute_result":
@@ -189,23 +201,53 @@ def code_html(cell: Any) -> str:
 # the deck
 
 
+HEADING = re.compile(r"^(?P<level>#{1,3})\s+(?P<text>.+?)\s*$", re.M)
+FENCE = re.compile(r"^(`{3,}|:{3,}).*?^\1[ \t]*$", re.M | re.S)  # directives and code blocks
+
+
+def section_title(heading: dict[int, str]) -> str:
+    """'Section' or 'Section · Subsection' from the last headings seen at levels 2 and 3."""
+    return " · ".join(heading[level] for level in (2, 3) if heading.get(level)) or heading.get(1, "")
+
+
+def read_headings(source: str, heading: dict[int, str]) -> None:
+    """Update ``heading`` (level -> text) with the markdown headings of ``source``, outside fences."""
+    for match in HEADING.finditer(FENCE.sub("", source)):
+        level = len(match.group("level"))
+        heading[level] = match.group("text")
+        for deeper in range(level + 1, 4):
+            heading.pop(deeper, None)
+
+
 def slides(notebook: Any, cites: dict[str, str]) -> list[list[str]]:
     """Horizontal slides, each a list of vertical slides, each the HTML of its content."""
     render = markdown_renderer()
     evals = notebook.metadata.get("companion_evals", {})
     deck: list[list[str]] = []
+    waiting: list[str] = []  # notes of instructor-note cells, for the slide of the next slide cell
+    heading: dict[int, str] = {}  # the section a cell belongs to, for slides that start untitled
     for cell in notebook.cells:
+        context = section_title(heading)
+        if cell.cell_type == "markdown":
+            read_headings(cell.source, heading)
         kind = slide_type(cell)
         if kind is None:
+            if "slideshow" not in cell.get("metadata", {}) and is_instructor_note(cell):
+                markdown_html(cell.source, evals, cites, render, waiting)
             continue
-        notes: list[str] = []
+        notes, waiting = waiting, []
         boxes_only = "slide-boxes" in cell.get("metadata", {}).get("tags", [])
         content = markdown_html(cell.source, evals, cites, render, notes, boxes_only) \
             if cell.cell_type == "markdown" else code_html(cell)
         if kind == "notes":
-            content, notes = "", [content, *notes]
+            content, notes = "", [note for note in (content, *notes) if note]
         if kind == "fragment":
             content = f'<div class="fragment">{content}</div>'
+        starts = kind in ("slide", "subslide") or not deck
+        if starts and context and not re.match(r"\s*<h[1-3][ >]", content):
+            title = render(replace_roles(context, evals, cites)).strip()
+            title = title.removeprefix("<p>").removesuffix("</p>")
+            content = f'<h3 class="deck-section">{title}</h3>{content}'
         content += "".join(f'<aside class="notes">{note}</aside>' for note in notes)
         if kind == "slide" or not deck:
             deck.append([content])
@@ -213,6 +255,8 @@ def slides(notebook: Any, cites: dict[str, str]) -> list[list[str]]:
             deck[-1].append(content)
         else:
             deck[-1][-1] += content
+    if waiting and deck:  # notes after the last slide cell
+        deck[-1][-1] += "".join(f'<aside class="notes">{note}</aside>' for note in waiting)
     return deck
 
 
