@@ -433,8 +433,8 @@ REPOSITORY_BUTTONS = ("use_repository_button", "use_issues_button", "use_edit_pa
                       "use_source_button")
 REPOSITORY_HOSTS = ("github.com", "gitlab.com", "bitbucket.org")  # the hosts sphinx-book-theme links to
 _REPOSITORY_URL = re.compile(r"^https://(?P<host>[^/\s]+)/(?P<owner>[^/\s]+)/(?P<repo>[^/\s]+?)(?:\.git)?/?$")
-# the Colab install cell of a chapter: %pip install ... "git+<url>"
-INSTALL_URL = re.compile(r"(%pip install[^\n]*?[\"']?git\+)(?P<url>[^\"'\s\\]+)")
+# the Colab install cell of a chapter: %pip install ... "git+<url>", possibly over lines joined by a backslash
+INSTALL_URL = re.compile(r"(%pip install(?:[^\n\\]|\\\n)*?git\+)(?P<url>[^\"'\s\\]+)")  # \-newline continues
 
 
 def repository_url(environ: dict[str, str] | None = None) -> str:
