@@ -92,7 +92,8 @@ def test_sampling_is_seeded_respects_the_budget_and_follows_the_model():
     # the first token's frequencies over many samples match the model's probabilities
     many = policy.sample(task, torch.zeros(2, 1, dtype=torch.long), 4000, gens(5, 2), max_new_tokens=1)
     probe = torch.arange(task.eos_id).view(1, -1, 1).expand(2, -1, 1)
-    probs = policy.logprobs(task, torch.zeros(2, task.eos_id, dtype=torch.long), probe)[0][..., 0].exp().detach()
+    probs = policy.logprobs(task, torch.zeros(2, task.eos_id, dtype=torch.long), probe)[0][..., 0]
+    probs = probs.exp().detach()
     freq = torch.stack([(many[..., 0] == v).float().mean(-1) for v in range(task.eos_id)], -1)
     assert torch.allclose(freq, probs, atol=4 * math.sqrt(0.25 / 4000))
     assert math.isclose(float(probs.sum(-1)[0]), 1.0, rel_tol=1e-5)  # EOS is not allowed first
