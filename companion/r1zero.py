@@ -139,11 +139,12 @@ def pretrain(scale: Scale, task: Task, *, seed: int = 0, device: str | torch.dev
                                         n_embd=scale.n_embd, n_head=scale.n_head, seed=seed)
     policy.to(resolve_device(device))
     line = Progress(scale.sft_max_steps, "pretraining") if progress else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=scale.sft_lr, weight_decay=0.0)  # for every round
     losses, accuracy, done = [], [], 0
     while done < scale.sft_max_steps:
         steps = min(scale.sft_round, scale.sft_max_steps - done)
         record = sft.train(policy, task, PRETRAINING, steps=steps, batch_size=scale.sft_batch,
-                           lr=scale.sft_lr, seed=seed + 1000 * (len(losses) + 1), device=device,
+                           seed=seed + 1000 * (len(losses) + 1), optimizer=optimizer, device=device,
                            progress=False)
         losses.append(record.loss)
         done += steps

@@ -92,10 +92,13 @@ class Record:
 
 
 def train(policy: nn.Module, task: Task, demos: Demos | None = None, *, steps: int = 100,
-          batch_size: int = 64, lr: float = 1e-2, seed: int = 0, device: str | torch.device | None = None,
+          batch_size: int = 64, lr: float = 1e-2, seed: int = 0,
+          optimizer: torch.optim.Optimizer | None = None, device: str | torch.device | None = None,
           progress: bool | None = None) -> Record:
-    """Teacher-forced maximum likelihood on ``demos`` (default ``Demos()``), ``steps`` AdamW steps of
+    """Teacher-forced maximum likelihood on ``demos`` (default ``Demos()``), ``steps`` optimizer steps of
     ``batch_size`` demonstrations per seed (seed index s draws from ``seed + s``, as the lab does).
+    ``optimizer``: one over the policy's parameters, to continue a training (its moments kept); None builds
+    a fresh ``torch.optim.AdamW`` at ``lr`` without weight decay.
 
     Every seed's loss is the mean over its own tokens (EOS included), and the seeds' losses are summed, so
     each seed's parameters get exactly their own gradient. Returns the :class:`Record`.
@@ -111,7 +114,8 @@ def train(policy: nn.Module, task: Task, demos: Demos | None = None, *, steps: i
     started, line, losses = time.perf_counter(), None, []
     with cpu_threads(dev):
         policy.to(dev)
-        opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        opt = optimizer or torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr,
+                                             weight_decay=0.0)
         for step in range(steps):
             prompts = torch.stack([task.sample_prompts(batch_size, g) for g in generators])
             completions = torch.stack([demos.sample(task, prompts[s], g)

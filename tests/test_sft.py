@@ -101,3 +101,16 @@ def test_bad_training_arguments_are_named(kwargs, word):
     task = think()
     with pytest.raises(ValueError, match=word):
         sft.train(StackedGPT2Policy.for_task(task), task, **kwargs)
+
+
+def test_an_optimizer_passed_in_keeps_its_moments_across_calls():
+    task = think()
+    once = StackedGPT2Policy.for_task(task, num_seeds=1)
+    twice = StackedGPT2Policy.for_task(task, num_seeds=1)
+    sft.train(once, task, steps=4, seed=0, progress=False)
+    optimizer = torch.optim.AdamW(twice.parameters(), lr=1e-2, weight_decay=0.0)
+    first = sft.train(twice, task, steps=2, seed=0, optimizer=optimizer, progress=False)
+    assert optimizer.state[next(iter(twice.parameters()))]["step"].item() == 2
+    sft.train(twice, task, steps=2, seed=0, optimizer=optimizer, progress=False)
+    assert optimizer.state[next(iter(twice.parameters()))]["step"].item() == 4
+    assert first.loss.shape == (2, 1)
