@@ -3,7 +3,7 @@
 The pieces of the book in one run. ``make_task()`` is the "think" task with a sampled format token: a
 completion must start with '#', reason, write '=' and the sum. ``pretrain`` makes the start R1-Zero has: a
 model that already answers, right or wrong (supervised fine-tuning on demonstrations, ``companion.sft``,
-until a modest accuracy). ``RECIPES`` are four ways to run RL from there: GRPO as DeepSeek-R1 uses it,
+until a modest accuracy). ``recipes(scale)`` are four ways to run RL from there: GRPO as DeepSeek-R1 uses it,
 Dr GRPO, DAPO, and the book's takeaways. ``run`` trains one recipe on every seed at once and keeps what
 chapters 3–6 need to locate their bias: the lab's History (with ``after_step`` columns and
 ``InstrumentedAdamW``'s diagnostics), the batches, the optimizer, and the mean length of the correct and
@@ -92,7 +92,7 @@ class Scale:
         """With a GPU: a wider, deeper model, larger groups and batches, more seeds, ten times the steps,
         and mu = 4 (verl's default number of optimizer steps per batch)."""
         return cls("GPU", n_layer=2, n_embd=64, n_head=4, seeds=16, group_size=16, prompts_per_step=8,
-                   steps=400, inner_steps=4, lr=2e-3, sft_lr=5e-3)
+                   steps=400, inner_steps=4, lr=2e-3, sft_lr=5e-3, sft_round=15)
 
     @classmethod
     def pick(cls, cuda: bool | None = None) -> Scale:
@@ -107,7 +107,7 @@ class Scale:
 
 def make_task() -> Task:
     """The "think" task: 'a+b' (a, b < 5); a completion starts with the format token '#' (sampled: a
-    completion without it earns nothing), reasons, then writes '=' and the sum; at most 10 tokens."""
+    completion without it earns nothing), reasons, then writes '=' and the sum; at most 8 tokens."""
     return _make_task("think", template="#", template_mode="sampled")
 
 
