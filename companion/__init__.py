@@ -28,12 +28,13 @@ _EXPORTS: dict[str, str] = {
     "TabularPolicy": "policies",
     "GRUPolicy": "policies",
     "TinyGPT2Policy": "policies",
+    "StackedGPT2Policy": "gpt2",
     "Task": "tasks",
     "make_task": "tasks",
 }
 
 _SUBMODULES = ("objective", "methods", "prefix", "optim", "theory", "policies", "tasks", "lab", "viz",
-               "exercises", "trainers", "notebook", "audit")
+               "exercises", "trainers", "notebook", "audit", "gpt2", "sft", "r1zero")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

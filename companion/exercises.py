@@ -1115,3 +1115,127 @@ def check_config_change(answer: Any, config: Mapping[str, Any], *, remove: Seque
         return Check(name, False, f"Still exposed to {left}.",
                      "ch03: one weight per token (loss_type). ch05: one optimizer step per batch.")
     return Check(name, True, f"The audit reports neither {' nor '.join(remove)}.")
+
+
+# --- chapter 8 ---
+# A tiny R1-Zero: read a run's readings as the book's four biases, remove one with one setting, and predict
+# the length of the incorrect answers of a configuration that was not run. The answers are derived here from
+# the readings and the objectives' fields, with the rules the chapter measures.
+
+CH08_CHAPTERS = ("ch03", "ch04", "ch05", "ch06")
+CH08_READINGS = ("w_agg_format_max", "eps_dominated_moving", "inner_steps", "past_clip_after_last", "beta1")
+CH08_EPS_TAKEOVER = 0.05  # a share of moving coordinates with ε >= √v̂ above this: ε sets the step (ch04)
+CH08_STARTS = ("blind", "knows")
+CH08_CURVES = ("up", "flat", "down")
+LENGTH_NORMALISED = ("seq_mean_token_mean", "seq_mean")  # α ∝ 1/|o_i|: Table 1's α^S
+
+
+def ch08_visible_biases(readings: Mapping[str, Any]) -> set[str]:
+    """The chapters whose bias a run's readings show: W_agg ≠ 0 on the format token (ch03), more than
+    ``CH08_EPS_TAKEOVER`` of the moving coordinates ε-dominated (ch04), tokens past the clip after the last
+    of μ > 1 inner steps with momentum β1 > 0 (ch05), and the loss, never a progress signal (ch06)."""
+    missing = sorted(set(CH08_READINGS) - set(readings))
+    if missing:
+        raise ValueError(f"readings: missing {missing}; give {list(CH08_READINGS)}")
+    visible = {"ch06"}
+    if abs(float(readings["w_agg_format_max"])) > 1e-6:
+        visible.add("ch03")
+    if float(readings["eps_dominated_moving"]) > CH08_EPS_TAKEOVER:
+        visible.add("ch04")
+    if int(readings["inner_steps"]) > 1 and float(readings["past_clip_after_last"]) > 0 \
+            and float(readings["beta1"]) > 0:
+        visible.add("ch05")
+    return visible
+
+
+def _chapter_set(name: str, answer: Any, hint: str) -> tuple[set[str] | None, Check | None]:
+    """The learner's answer as a set of chapter names, or the failed Check that says why it is not one."""
+    if answer is None:
+        return None, Check(name, False, "No answer yet (the value is None).", hint)
+    chosen = {answer} if isinstance(answer, str) else answer
+    try:
+        chosen = {str(item).strip().lower() for item in chosen}
+    except TypeError:
+        return None, Check(name, False, f"Expected a set of chapter names, got {type(answer).__name__}.",
+                           hint)
+    unknown = sorted(chosen - set(CH08_CHAPTERS))
+    if unknown:
+        return None, Check(name, False, f"Unknown chapter name(s) {unknown}; use {list(CH08_CHAPTERS)}.",
+                           hint)
+    return chosen, None
+
+
+def check_run_diagnosis(answer: Any, readings: Mapping[str, Any]) -> Check:
+    """Chapter 8: which of the book's biases (``CH08_CHAPTERS``) do a run's ``readings`` show? ``answer``: a
+    set of chapter names, e.g. {"ch03", "ch06"}."""
+    expected = ch08_visible_biases(readings)
+    name = "the biases this run shows"
+    hint = ("One reading per chapter: W_agg on the format token (ch03), the ε-dominated share of the moving "
+            "coordinates (ch04), tokens past the clip after the last inner step with μ > 1 and β1 > 0 "
+            "(ch05); and the loss is never a progress signal (ch06).")
+    chosen, failed = _chapter_set(name, answer, hint)
+    if failed is not None:
+        return failed
+    if chosen == expected:
+        return Check(name, True, f"Exactly {sorted(expected)}.", hint)
+    missing, extra = sorted(expected - chosen), sorted(chosen - expected)
+    detail = "; ".join(part for part in (f"missing {missing}" if missing else "",
+                                         f"not shown: {extra}" if extra else "") if part)
+    return Check(name, False, detail + ".", hint)
+
+
+def check_prefix_fix(answer: Any, preset: str = "grpo_r1", group_size: int = 8) -> Check:
+    """Chapter 8: one field of ``preset``'s Objective, changed, that leaves no push on a prefix the whole
+    group shares (W_agg = 0 in a group whose right answers are 4x shorter than its wrong ones).
+    ``answer``: a dict ``{field: value}`` with exactly one entry."""
+    from companion.audit import shared_prefix_push
+    from companion.objective import Objective
+
+    name = f"one change to {preset} that removes the push on the format token"
+    hint = ("W_agg = Σ_i ω_i A_i, and Σ_i A_i = 0 in a group: which field makes ω the same for every "
+            "completion of a group? (cp.objective.AGGREGATIONS lists the choices.)")
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hint)
+    if not isinstance(answer, Mapping) or len(answer) != 1:
+        return Check(name, False, "Expected a dict with exactly one field, e.g. {'clip_high': 0.28}.", hint)
+    try:
+        objective = Objective.preset(preset, **dict(answer))
+    except (TypeError, ValueError) as error:
+        return Check(name, False, f"Not a valid change: {error}", hint)
+    net, w_agg = shared_prefix_push(objective, group_size, 2, 8)
+    if net > 1e-9:
+        return Check(name, False, f"W_agg = {w_agg:.3g} still: a net push of {net:.0%} of the gross.", hint)
+    return Check(name, True, f"W_agg = 0 with {dict(answer)}.", hint)
+
+
+def ch08_length_curve(objective: Any, start: str) -> str:
+    """The expected drift of the incorrect answers' length: "up" when the weights are ∝ 1/|o_i| and the
+    model can tell, before it stops, that it is going wrong (``start="knows"``); "flat" otherwise (weights
+    the same for every token, or a length decided before anything that predicts the outcome, "blind")."""
+    if start not in CH08_STARTS:
+        raise ValueError(f"start must be one of {CH08_STARTS}, got {start!r}")
+    normalised = objective.aggregation in LENGTH_NORMALISED
+    return "up" if normalised and start == "knows" else "flat"
+
+
+def check_length_prediction(answer: Any, configs: Mapping[str, tuple[str, str]]) -> Check:
+    """Chapter 8: for each ``label: (preset, start)``, how the mean length of the incorrect answers moves
+    in expectation ("up", "flat" or "down"). ``answer``: a dict label -> curve."""
+    from companion.objective import Objective
+
+    expected = {label: ch08_length_curve(Objective.preset(preset), start)
+                for label, (preset, start) in configs.items()}
+    name = "the length of the incorrect answers"
+    hint = ("GRPO's expected push on the length in a context c is E[A | c]·∇E[1/|o| | c]: it needs weights "
+            "∝ 1/|o_i| (Table 1's α^S) and a context that predicts the outcome. Read each preset's α.")
+    if answer is None:
+        return Check(name, False, "No answer yet (the value is None).", hint)
+    if not isinstance(answer, Mapping) or set(answer) != set(expected):
+        return Check(name, False, f"Expected a dict with the keys {sorted(expected)}.", hint)
+    bad = sorted(label for label, curve in answer.items() if curve not in CH08_CURVES)
+    if bad:
+        return Check(name, False, f"Answer each with one of {list(CH08_CURVES)}; not {bad}.", hint)
+    wrong = sorted(label for label in expected if answer[label] != expected[label])
+    if wrong:
+        return Check(name, False, f"Not yet right: {wrong}.", hint)
+    return Check(name, True, "Every curve matches.", hint)

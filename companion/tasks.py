@@ -4,7 +4,9 @@ Every task is a finite table: all prompts (P, prompt_len) and their expected ans
 vocabulary of single-character tokens. Token ids are positions in ``task.vocab``; the end-of-sequence id is
 ``task.eos_id = len(task.vocab)``. A completion is correct when, after the template prefix, it *starts with*
 the expected answer; whatever follows before EOS is free "chatter", so completion length can vary for
-every task and the length knob can correlate it with reward (Props 1 and 4 need that)::
+every task and the length knob can correlate it with reward (Props 1 and 4 need that). A task with a
+``marker`` (``"think"``: ``'='``) reads the answer after the first marker instead, so that "reasoning"
+tokens of any number come *before* the answer, as in R1-Zero's ``<think> ... </think> answer``::
 
     import companion as cp
     task = cp.make_task("pick", length="short")          # short correct answers earn more
@@ -35,6 +37,8 @@ from torch import Tensor
 LengthBias = Literal["none", "short", "long"]
 TemplateMode = Literal["sampled", "forced", "shared"]
 TEMPLATE_TOKEN = "#"
+REASONING_TOKEN = "~"
+MARKER_TOKEN = "="
 LENGTH_BIASES = ("none", "short", "long")
 TEMPLATE_MODES = ("sampled", "forced", "shared")
 
@@ -47,6 +51,9 @@ class Task:
     ``|o|`` counts the tokens in the loss (template included, EOS included) and, with
     ``f = (|o| - |o|_min) / (max_new_tokens - |o|_min)`` in [0, 1], the length factor is 1 (``"none"``),
     ``1 - length_strength * f`` (``"short"``) or ``1 - length_strength * (1 - f)`` (``"long"``).
+
+    With a ``marker``, the answer is the ``answer_len`` tokens right after the first marker that follows the
+    template; a completion without a marker (one cut at ``max_new_tokens``, say) is wrong.
     """
 
     name: str
@@ -60,6 +67,7 @@ class Task:
     template_mode: TemplateMode = "forced"
     reward_scale: float = 1.0
     min_new_tokens: int | None = None  # EOS is not allowed before this position; default template + 1
+    marker: str = ""  # the answer follows the first marker (reasoning before it); "" = the answer comes first
     _template_ids: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,12 +82,17 @@ class Task:
         unknown = sorted(set(self.template) - set(self.vocab))
         if unknown:
             raise ValueError(f"template uses characters {unknown} outside the task vocab {self.vocab}")
-        needed = len(self.template) + self.answers.shape[1] + 1
+        if self.marker and (len(self.marker) != 1 or self.marker not in self.vocab
+                            or self.marker == TEMPLATE_TOKEN):
+            raise ValueError(f"marker must be one token of the task vocab {self.vocab} other than the "
+                             f"template token {TEMPLATE_TOKEN!r}, or '' (the answer comes first); got "
+                             f"{self.marker!r}")
+        needed = self.shortest_length
         if needed > self.max_new_tokens:
             raise ValueError(
-                f"template of {len(self.template)} tokens + answer of {self.answers.shape[1]} + EOS needs "
-                f"{needed} new tokens, more than max_new_tokens={self.max_new_tokens}; shorten the template "
-                "or raise max_new_tokens")
+                f"template of {len(self.template)} tokens + {'marker + ' if self.marker else ''}answer of "
+                f"{self.answers.shape[1]} + EOS needs {needed} new tokens, more than max_new_tokens="
+                f"{self.max_new_tokens}; shorten the template or raise max_new_tokens")
         if self.min_new_tokens is None:
             object.__setattr__(self, "min_new_tokens", self.prefix_len + 1)
         if not self.prefix_len <= self.min_new_tokens <= self.max_new_tokens:
@@ -111,6 +124,11 @@ class Task:
         return len(self.template)
 
     @property
+    def shortest_length(self) -> int:
+        """Tokens of the shortest correct completion: template, marker (if any), answer, EOS."""
+        return self.prefix_len + len(self.marker) + self.answers.shape[1] + 1
+
+    @property
     def template_ids(self) -> Tensor:
         return self._template_ids
 
@@ -139,14 +157,28 @@ class Task:
         return (eos_before == 0).to(torch.get_default_dtype())
 
     def is_correct(self, prompt_idx: Tensor, completions: Tensor) -> Tensor:
-        """Bool, shape of ``prompt_idx``: the answer (after the prefix) starts with the expected answer."""
+        """Bool, shape of ``prompt_idx``: the answer (after the prefix, or after the first marker that follows
+        it) starts with the expected answer."""
         k, a = self.prefix_len, self.answers.shape[1]
         expected = self.answers.to(completions.device)[prompt_idx]
-        answer = completions[..., k:k + a]
-        ok = (answer == expected).all(dim=-1)
+        if self.marker:
+            ok = self._answer_after_marker_is(expected, completions[..., k:])
+        else:
+            ok = (completions[..., k:k + a] == expected).all(dim=-1)
         if self.template_mode == "sampled" and k > 0:
             ok = ok & (completions[..., :k] == self.template_ids.to(completions.device)).all(dim=-1)
         return ok
+
+    def _answer_after_marker_is(self, expected: Tensor, body: Tensor) -> Tensor:
+        """The ``a`` tokens after the first marker of ``body`` (the completion after the template) equal
+        ``expected`` (..., a); False when there is no marker before EOS, or no room after it."""
+        a = expected.shape[-1]
+        is_marker = (body == self.vocab.index(self.marker)) & (self.completion_mask(body) > 0)
+        first = is_marker.long().argmax(-1)  # 0 when there is none: `found` below rules that out
+        found = is_marker.any(-1) & (first + a < body.shape[-1])
+        positions = first.unsqueeze(-1) + 1 + torch.arange(a, device=body.device)
+        positions = positions.clamp(max=body.shape[-1] - 1)
+        return found & (body.gather(-1, positions) == expected).all(-1)
 
     def reward(self, prompt_idx: Tensor, completions: Tensor) -> Tensor:
         """Verifiable reward (float32 or the caller's float dtype via ``.to``), shape of ``prompt_idx``.
@@ -155,7 +187,7 @@ class Task:
         """
         lengths = self.completion_mask(completions).sum(-1)
         correct = self.is_correct(prompt_idx, completions).to(lengths.dtype)
-        shortest = self.prefix_len + self.answers.shape[1] + 1
+        shortest = self.shortest_length
         span = max(self.max_new_tokens - shortest, 1)
         f = ((lengths - shortest) / span).clamp(0.0, 1.0)
         if self.length == "short":
@@ -199,25 +231,43 @@ def _add(base: int = 5) -> tuple[tuple[str, ...], Tensor, Tensor]:
     return vocab, rows, ((rows[:, 0] + rows[:, 2]) % base).unsqueeze(1)
 
 
+def _think(n: int = 5) -> tuple[tuple[str, ...], Tensor, Tensor]:
+    """Prompt: 'a+b' with a, b < n; answer: a + b, one digit (n <= 5). The vocab adds a reasoning token '~'
+    and the marker '=': a completion reasons (any tokens), then writes '=' and the sum, as in '#4~~=4.' for
+    '1+3' (make_task sets the marker)."""
+    if not 2 <= n <= 5:
+        raise ValueError(f"n must lie in [2, 5] (the sums 0..2n-2 are single digits), got {n}")
+    vocab = (*(str(d) for d in range(2 * n - 1)), "+", REASONING_TOKEN, MARKER_TOKEN, TEMPLATE_TOKEN)
+    plus = vocab.index("+")
+    rows = torch.tensor([(a, plus, b) for a in range(n) for b in range(n)], dtype=torch.long)
+    return vocab, rows, (rows[:, 0] + rows[:, 2]).unsqueeze(1)
+
+
 TASKS: dict[str, Callable[..., tuple[tuple[str, ...], Tensor, Tensor]]] = {
-    "pick": _pick, "copy": _copy, "parity": _parity, "add": _add,
+    "pick": _pick, "copy": _copy, "parity": _parity, "add": _add, "think": _think,
 }
+MARKERS = {"think": MARKER_TOKEN}  # tasks whose answer follows a marker, after the reasoning
+REASONING_ROOM = 4  # the default budget of "think" leaves room for this many reasoning tokens
 
 
 def make_task(name: str, *, max_new_tokens: int | None = None, length: LengthBias = "none",
               length_strength: float = 0.5, template: str = "", template_mode: TemplateMode = "forced",
               reward_scale: float = 1.0, min_new_tokens: int | None = None, **options: int | str) -> Task:
-    """Build a task by name: one of ``TASKS`` ("pick", "copy", "parity", "add").
+    """Build a task by name: one of ``TASKS`` ("pick", "copy", "parity", "add", "think").
 
-    ``options`` go to the task's table builder (``alphabet`` for pick/copy, ``n`` for copy/parity, ``base``
-    for add). ``max_new_tokens`` defaults to template + answer + 3 (room for chatter and EOS);
-    ``min_new_tokens`` (no EOS before it) defaults to template + 1, so every answer has at least one token.
+    ``options`` go to the task's table builder (``alphabet`` for pick/copy, ``n`` for copy/parity/think,
+    ``base`` for add). ``max_new_tokens`` defaults to template + answer + 3 (room for chatter and EOS), and
+    for "think" to template + ``REASONING_ROOM`` reasoning tokens + '=' + answer + EOS; ``min_new_tokens``
+    (no EOS before it) defaults to template + 1, so every answer has at least one token.
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
     vocab, prompts, answers = TASKS[name](**options)
+    marker = MARKERS.get(name, "")
     if max_new_tokens is None:
-        max_new_tokens = len(template) + answers.shape[1] + 3
+        room = REASONING_ROOM + len(marker) + 1 if marker else 3
+        max_new_tokens = len(template) + answers.shape[1] + room
     return Task(name=name, vocab=vocab, prompts=prompts, answers=answers, max_new_tokens=max_new_tokens,
                 length=length, length_strength=length_strength, template=template,
-                template_mode=template_mode, reward_scale=reward_scale, min_new_tokens=min_new_tokens)
+                template_mode=template_mode, reward_scale=reward_scale, min_new_tokens=min_new_tokens,
+                marker=marker)

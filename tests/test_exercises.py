@@ -706,3 +706,71 @@ def test_ch07_config_change():
     assert not many and "at most 2" in many.message
     invalid = check_config_change({"loss_type": "ppo", "num_iterations": 1}, CH07_TEAM)
     assert not invalid and "not valid" in invalid.message
+
+
+# --- chapter 8 ---
+from companion.exercises import (  # noqa: E402
+    ch08_length_curve,
+    ch08_visible_biases,
+    check_length_prediction,
+    check_prefix_fix,
+    check_run_diagnosis,
+)
+
+CH08_READINGS = {"w_agg_format_max": 0.0, "eps_dominated_moving": 0.41, "inner_steps": 4,
+                 "past_clip_after_last": 0.06, "beta1": 0.9}
+
+
+def test_ch08_visible_biases_follow_each_reading():
+    assert ch08_visible_biases(CH08_READINGS) == {"ch04", "ch05", "ch06"}
+    quiet = {**CH08_READINGS, "eps_dominated_moving": 0.002, "inner_steps": 1}
+    assert ch08_visible_biases(quiet) == {"ch06"}
+    assert "ch03" in ch08_visible_biases({**quiet, "w_agg_format_max": 0.01})
+    assert "ch05" not in ch08_visible_biases({**CH08_READINGS, "beta1": 0.0})
+    assert "ch05" not in ch08_visible_biases({**CH08_READINGS, "past_clip_after_last": 0.0})
+    with pytest.raises(ValueError, match="missing"):
+        ch08_visible_biases({"inner_steps": 2})
+
+
+def test_ch08_check_run_diagnosis():
+    assert check_run_diagnosis({"ch04", "ch05", "ch06"}, CH08_READINGS).passed
+    assert check_run_diagnosis(["CH05", "ch04 ", "ch06"], CH08_READINGS).passed
+    missing = check_run_diagnosis({"ch04", "ch05"}, CH08_READINGS)
+    assert not missing and "missing ['ch06']" in missing.message
+    extra = check_run_diagnosis({"ch03", "ch04", "ch05", "ch06"}, CH08_READINGS)
+    assert not extra and "not shown: ['ch03']" in extra.message
+    assert "Unknown" in check_run_diagnosis({"ch9"}, CH08_READINGS).message
+    assert not check_run_diagnosis(None, CH08_READINGS) and not check_run_diagnosis(3, CH08_READINGS)
+
+
+def test_ch08_check_prefix_fix_accepts_every_constant_weight_and_nothing_else():
+    for aggregation in ("token_mean", "token_sum", "seq_mean_token_sum", "constant"):
+        assert check_prefix_fix({"aggregation": aggregation}).passed, aggregation
+    for change in ({"std_scale": None}, {"clip_high": 0.28}, {"beta": 0.0}, {"surrogate": "log_prob"}):
+        result = check_prefix_fix(change)
+        assert not result and "still" in result.message, change
+    assert "exactly one" in check_prefix_fix({"aggregation": "token_mean", "beta": 0.0}).message
+    assert "Not a valid change" in check_prefix_fix({"aggregation": "median"}).message
+    assert not check_prefix_fix(None)
+
+
+def test_ch08_length_curve_needs_length_normalised_weights_and_a_telling_context():
+    from companion.objective import Objective
+
+    assert ch08_length_curve(Objective.preset("grpo_r1"), "knows") == "up"
+    assert ch08_length_curve(Objective.preset("gspo"), "knows") == "up"
+    for preset in ("dr_grpo", "dapo", "cispo", "bnpo"):
+        assert ch08_length_curve(Objective.preset(preset), "knows") == "flat", preset
+    assert ch08_length_curve(Objective.preset("grpo_r1"), "blind") == "flat"
+    with pytest.raises(ValueError, match="start"):
+        ch08_length_curve(Objective.preset("grpo_r1"), "sure")
+
+
+def test_ch08_check_length_prediction():
+    configs = {"A": ("grpo_r1", "blind"), "B": ("grpo_r1", "knows"), "C": ("dr_grpo", "knows")}
+    assert check_length_prediction({"A": "flat", "B": "up", "C": "flat"}, configs).passed
+    wrong = check_length_prediction({"A": "up", "B": "up", "C": "flat"}, configs)
+    assert not wrong and "['A']" in wrong.message
+    assert "one of" in check_length_prediction({"A": "flat", "B": "longer", "C": "flat"}, configs).message
+    assert "keys" in check_length_prediction({"A": "flat"}, configs).message
+    assert not check_length_prediction(None, configs)

@@ -105,3 +105,51 @@ def test_sample_prompts_is_seeded_and_in_range():
     a = task.sample_prompts(50, torch.Generator().manual_seed(3))
     b = task.sample_prompts(50, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and int(a.min()) >= 0 and int(a.max()) < 8 and len(set(a.tolist())) > 4
+
+
+def test_think_table_vocab_and_budget():
+    task = make_task("think")
+    rows = {task.render(p): task.render(a) for p, a in zip(task.prompts, task.answers, strict=True)}
+    assert len(rows) == 25 and rows["1+3"] == "4" and rows["4+4"] == "8" and rows["0+0"] == "0"
+    assert {"~", "=", "#"} <= set(task.vocab) and task.marker == "="
+    assert task.max_new_tokens == 7 and make_task("think", template="#").max_new_tokens == 8
+    assert make_task("think", n=2).num_prompts == 4
+    with pytest.raises(ValueError, match="n must lie"):
+        make_task("think", n=6)
+
+
+def test_think_reads_the_answer_after_the_first_marker():
+    task = make_task("think", template="#", template_mode="sampled")
+    prompt = torch.full((8,), task.prompts.tolist().index(task.encode("1+3").tolist()))
+    comps = torch.stack([ids(task, t) for t in (
+        "#~~=4.",     # reasoning, then the right answer
+        "#4=4.",      # a draft as reasoning
+        "#=4.",       # no reasoning at all
+        "#~=5.",      # wrong answer
+        "#~=4=5.",    # the first marker counts
+        "#4~~~~~=",   # cut after the marker: no answer
+        "#~~~~~~~",   # no marker: cut while reasoning
+        "~=4.",       # no format token
+    )])
+    assert task.is_correct(prompt, comps).tolist() == [True, True, True, False, True, False, False, False]
+    assert task.reward(prompt, comps).tolist() == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    assert task.shortest_length == 4  # '#', '=', the answer, EOS
+
+
+def test_a_marker_must_be_a_task_token_other_than_the_template():
+    from companion.tasks import Task
+
+    table = make_task("think")
+    for marker in ("x", "#", "=="):
+        with pytest.raises(ValueError, match="marker"):
+            Task(name="t", vocab=table.vocab, prompts=table.prompts, answers=table.answers, max_new_tokens=6,
+                 marker=marker)
+    with pytest.raises(ValueError, match="marker"):
+        make_task("think", max_new_tokens=2)  # '=', the answer and EOS need 3
+
+
+def test_tasks_without_a_marker_still_read_the_answer_first():
+    task = make_task("add", base=5)
+    assert task.marker == "" and task.shortest_length == 2
+    prompt = torch.full((2,), task.prompts.tolist().index(task.encode("3+4").tolist()))
+    assert task.is_correct(prompt, torch.stack([ids(task, "2."), ids(task, "+2.")])).tolist() == [True, False]
