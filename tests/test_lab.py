@@ -3,6 +3,7 @@
 import copy
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -278,3 +279,88 @@ def test_seedwise_advantages_check_every_seed_not_only_the_first():
     ok = lab.seedwise_advantages(cp.Objective.preset("grpo"), torch.arange(24.0).view(3, 8), 4)
     assert ok.shape == (3, 8) and torch.allclose(ok[1], cp.Objective.preset("grpo").advantages(
         torch.arange(8.0, 16.0), 4))
+
+
+# --- issue 13: a real Objective through the multi-seed path; the automatic progress line (perf) --------
+@pytest.mark.parametrize("name", ["grpo", "grpo_r1", "dapo", "gtpo", "gspo", "reinforce_pp"])
+def test_multi_seed_runs_with_an_objective_equal_single_seed_runs(name):
+    """Each seed's records and parameters equal a run of that seed alone: batch sums (DAPO's token count,
+    REINFORCE++'s whitening), the KL to pi_ref (R1) and GTPO's group search never mix seeds."""
+    task = make_task("pick", length="short", template="#", template_mode="shared")
+    objective = cp.Objective.preset(name, **({"gtpo_entropy_threshold": None} if name == "gtpo" else {}))
+    together = tabular(task, seeds=3, seed=11)
+    h = run(together, task, objective, seed=5)
+    assert np.isfinite(h["loss"]).all() and (h["loss"] != 0).any()
+    for s in range(3):
+        alone = tabular(task, seeds=1, seed=11 + s)
+        h1 = run(alone, task, objective, seed=5 + s)
+        assert torch.allclose(alone.logits[0], together.logits[s], atol=1e-12, rtol=0)
+        assert_same_history(h.seed(s), h1, atol=1e-12)
+
+
+def test_the_grpo_preset_trains_exactly_as_the_hand_written_clipped_objective():
+    """cp.Objective.preset("grpo") is PlainClipped (group std with Bessel, + 1e-4; 1/(G|o_i|); clip 0.2):
+    the same run, record by record, whether the lab batches the seeds or not."""
+    task = make_task("parity", n=2, length="short")
+    for seeds in (1, 3):
+        a, b = tabular(task, seeds), tabular(task, seeds)
+        ours = run(a, task, cp.Objective.preset("grpo"), lr=0.5)
+        theirs = run(b, task, PlainClipped(), lr=0.5)
+        for key in ("reward", "loss", "clip_fraction_low", "clip_fraction_high", "kl_old", "ratio_max"):
+            np.testing.assert_allclose(ours[key], theirs[key], atol=1e-12, rtol=0, err_msg=key)
+        assert torch.allclose(a.logits, b.logits, atol=1e-12, rtol=0)
+        assert ours["clip_fraction_high"].max() > 0 and ours["clip_fraction_low"].max() > 0  # clipped
+
+
+def test_an_objective_s_bad_input_is_named_in_a_multi_seed_run():
+    task = make_task("pick")
+    gtpo_without_groups = cp.Objective.preset("gtpo")
+    with pytest.raises(ValueError, match="group_size"):
+        lab.seedwise_loss(gtpo_without_groups, *(torch.zeros(2, 4, 3),) * 3, torch.ones(2, 4, 3), None,
+                          tokens=torch.zeros(2, 4, 3, dtype=torch.long), entropies=torch.zeros(2, 4, 3))
+    fields = lab.seedwise_loss(cp.Objective.preset("grpo"), torch.zeros(2, 4, 3), torch.zeros(2, 4, 3),
+                               torch.tensor([[1.0, -1, 0, 0], [0, 0, 2, -2]]), torch.ones(2, 4, 3), None)
+    assert fields["loss"].shape == (2,) and set(fields) >= {"loss", "clip_fraction_high"}
+    assert run(tabular(task, 2), task, cp.Objective.preset("grpo"), steps=1)["loss"].shape == (2, 2)
+
+
+class _RecordingProgress:
+    lines: ClassVar[list] = []
+
+    def __init__(self, total, desc="", *, started=None):
+        self.total, self.desc, self.done, self.closed = total, desc, 0, False
+        _RecordingProgress.lines.append(self)
+
+    def update(self, n=1):
+        self.done += n
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize(("after_seconds", "progress", "shown"), [
+    (0.0, None, True), (1e9, None, False), (0.0, False, False), (1e9, True, True)])
+def test_the_progress_line_opens_by_itself_on_long_runs_outside_pytest(monkeypatch, after_seconds, progress,
+                                                                       shown):
+    monkeypatch.setattr(lab, "under_pytest", lambda: False)
+    monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", after_seconds)
+    monkeypatch.setattr(lab, "Progress", _RecordingProgress)
+    _RecordingProgress.lines = []
+    task = make_task("pick")
+    run(tabular(task), task, steps=5, progress=progress)
+    if not shown:
+        assert _RecordingProgress.lines == []
+        return
+    (line,) = _RecordingProgress.lines
+    assert (line.total, line.desc, line.done, line.closed) == (5, "train", 5, True)
+
+
+def test_the_automatic_progress_line_stays_silent_under_pytest(monkeypatch):
+    monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(lab, "Progress", _RecordingProgress)
+    _RecordingProgress.lines = []
+    task = make_task("pick")
+    run(tabular(task), task, steps=3)
+    assert _RecordingProgress.lines == []
+    run(tabular(task), task, steps=1, progress=True)  # a one-step run has nothing left to show
+    assert _RecordingProgress.lines == []

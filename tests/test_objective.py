@@ -597,3 +597,44 @@ def test_objective_is_immutable_and_hashable():
         obj.beta = 1.0  # type: ignore[misc]
     assert obj == cp.Objective.preset("grpo_r1") and hash(obj) == hash(cp.Objective.preset("grpo_r1"))
     assert math.isclose(obj.with_(beta=0.1).beta, 0.1)
+
+
+# --- issue 13: GTPO's conflict-token search never reads padding (perf) ---------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_conflict_tokens_match_the_reference_and_ignore_adversarial_padding(seed):
+    """Padding (mask 0) copies, position by position, a token that an opposite-sign completion of the group
+    has there, from the start and from the end: counted as tokens, it would extend the conflict runs."""
+    from eq1_reference import gtpo_lambda
+
+    b = batch(seed, n_groups=4, group_size=4, horizon=7)
+    tokens, mask = b["tokens"].clone(), b["mask"]
+    adv = cp.Objective.preset("gtpo").advantages(b["rewards"], 4)
+    lengths = mask.sum(-1).long()
+    for i in range(tokens.shape[0]):
+        group = range(i // 4 * 4, i // 4 * 4 + 4)
+        opposite = [j for j in group if adv[j] * adv[i] < 0]
+        for t in range(int(lengths[i]), tokens.shape[1]):
+            if opposite:
+                j = opposite[t % len(opposite)]
+                tokens[i, t] = tokens[j, t] if t < lengths[j] else tokens[j, lengths[j] - 1]
+    conflict = conflict_tokens(tokens, adv, mask, 4)
+    lam = gtpo_lambda(tokens.tolist(), adv.tolist(), mask.tolist(), 4)
+    expected = torch.tensor([[value != 1.0 for value in row] for row in lam])
+    assert torch.equal(conflict, expected)
+    assert not conflict[mask == 0].any()
+    # the same search with EOS-like constant padding finds the same conflicts
+    plain = b["tokens"].masked_fill(mask == 0, 9)
+    assert torch.equal(conflict_tokens(plain, adv, mask, 4), conflict_tokens(tokens, adv, mask, 4))
+
+
+def test_conflict_tokens_by_hand():
+    """Two groups of two: a shared prefix (from the start), a shared suffix (from the end, with different
+    lengths), and a tie (A = 0 has no sign: no conflict)."""
+    tokens = torch.tensor([[1, 2, 3, 0], [1, 2, 4, 3],    # group 0: prefix 1 2, suffix ... 3
+                           [5, 6, 7, 8], [5, 6, 7, 8]])   # group 1: identical rows
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]])
+    adv = torch.tensor([1.0, -1.0, 0.0, 1.0])
+    conflict = conflict_tokens(tokens, adv, mask, 2)
+    expected = torch.tensor([[True, True, True, False], [True, True, False, True],
+                             [False, False, False, False], [False, False, False, False]])
+    assert torch.equal(conflict, expected)

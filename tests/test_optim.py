@@ -416,3 +416,96 @@ def test_a_group_added_mid_run_gets_nan_padded_columns():
     column = opt.history["grad_norm/group1"]
     assert len(column) == 3 and np.isnan(column[:2]).all() and column[2] > 0
     assert opt.history["grad_norm"][2] == pytest.approx(math.sqrt(sum(p.numel() for p in params)), rel=1e-6)
+
+
+# --- issue 13: torch's own step for capturable and differentiable groups; History.clear (perf) ---------
+@pytest.mark.parametrize("level", ["cheap", "full"])
+def test_differentiable_groups_take_torch_step_keep_the_graph_and_report(level):
+    """differentiable=True: the step itself is part of the autograd graph (parameters are non-leaf), which
+    only torch's step keeps; the diagnostics are read from the state afterwards."""
+    def build():
+        leaf = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                           requires_grad=True)
+        p = leaf.clone()
+        p.retain_grad()
+        return leaf, p
+
+    (leaf_ref, p_ref), (leaf_got, p_got) = build(), build()
+    ref = torch.optim.AdamW([p_ref], lr=1e-2, weight_decay=0.1, differentiable=True)
+    got = InstrumentedAdamW([p_got], lr=1e-2, weight_decay=0.1, differentiable=True, diagnostics=level)
+    gen = torch.Generator().manual_seed(1)
+    grads = []
+    for _ in range(4):
+        g = torch.randn(6, dtype=torch.float64, generator=gen)
+        grads.append(g)
+        p_ref.grad, p_got.grad = g.clone(), g.clone()
+        ref.step()
+        got.step()
+    assert torch.equal(p_ref.detach(), p_got.detach()) and p_got.grad_fn is not None
+    (d_ref,) = torch.autograd.grad(p_ref.sum(), leaf_ref)
+    (d_got,) = torch.autograd.grad(p_got.sum(), leaf_got)
+    assert torch.equal(d_ref, d_got)
+    h = got.history
+    np.testing.assert_allclose(h["grad_norm"], [g.norm().item() for g in grads], rtol=1e-12)
+    v = got.state[p_got]["exp_avg_sq"].detach()
+    root = (v.sqrt() / math.sqrt(1 - 0.999**4)).max().item()
+    assert h["sqrt_v_hat_max"][-1] == pytest.approx(root, rel=1e-12)
+    assert np.isfinite(h["update_norm"]).all() == (level == "full")
+
+
+def test_capturable_groups_take_torch_step():
+    """capturable=True: torch's step (CUDA graphs keep the step count on the device). On the CPU torch
+    refuses it, and so must InstrumentedAdamW: the chunked step would silently ignore the flag."""
+    if torch.cuda.is_available():
+        ref = [torch.nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
+        got = [torch.nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
+        run(torch.optim.AdamW, ref, 10, capturable=True)
+        opt = run(InstrumentedAdamW, got, 10, capturable=True, diagnostics="full")
+        assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+        assert np.isfinite(opt.history["grad_norm"]).all()
+        return
+    params = make_params(torch.float32)
+    opt = InstrumentedAdamW(params, capturable=True, diagnostics="cheap")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(AssertionError, match="capturable"):
+        opt.step()
+    assert len(opt.history) == 0
+
+
+def test_only_plain_groups_take_the_chunked_step(monkeypatch):
+    calls = []
+    monkeypatch.setattr(optim, "_torch_adamw_step",
+                        lambda opt, closure: calls.append(opt) or torch.optim.AdamW.step(opt, closure))
+    plain = make_params(torch.float32)
+    run(InstrumentedAdamW, plain, 2)
+    assert calls == []
+    for flags in (dict(capturable=True), dict(differentiable=True), dict(fused=True)):
+        group = {"params": plain, "lr": 1e-3, "betas": (0.9, 0.999), "capturable": False,
+                 "differentiable": False, "fused": None, **flags}
+        assert not optim._fusable(group), flags
+    assert optim._fusable({"params": plain, "lr": 1e-3, "betas": (0.9, 0.999), "capturable": False,
+                           "differentiable": False, "fused": None})
+    assert not optim._fusable({"params": plain, "lr": torch.tensor(1e-3), "betas": (0.9, 0.999),
+                               "capturable": False, "differentiable": False, "fused": None})
+    assert not optim._fusable({"params": plain, "lr": 1e-3, "betas": (torch.tensor(0.9), 0.999),
+                               "capturable": False, "differentiable": False, "fused": None})
+
+
+def test_history_clear_forgets_rows_and_columns():
+    opt = run(InstrumentedAdamW, make_params(torch.float32), 3)
+    assert len(opt.history) == 3 and "grad_norm" in opt.history
+    opt.history.clear()
+    assert len(opt.history) == 0 and opt.history.keys() == [] and "grad_norm" not in opt.history
+    assert opt.history.as_dict() == {} and repr(opt.history) == "History(0 steps, 0 columns)"
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert len(opt.history) == 1 and len(opt.history["grad_norm"]) == 1  # no NaN rows left from before
+    assert opt.history["step"][0] == 4.0  # the optimizer's own step count is not part of the record
+    h = optim.History()
+    h.append({"a": 1.0})
+    h.append({"b": 2.0})
+    assert np.isnan(h["a"][1]) and np.isnan(h["b"][0]) and h["b"][1] == 2.0
+    with pytest.raises(KeyError, match="available"):
+        h["c"]
