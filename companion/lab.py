@@ -205,28 +205,20 @@ def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: 
 
     Each seed's loss sees only its own batch (token-sum denominators such as DAPO's never mix seeds), and
     the sum over seeds has, for each seed's parameters, exactly that seed's gradient. A companion
-    ``Objective`` checks the inputs of all seeds once, then runs unchecked per seed (so vmap can batch it)
-    and gets the token ids, entropies and group size GTPO needs.
+    ``Objective`` takes the seed axis as a batch axis (``batch_dims=1``: one call, inputs checked once) and
+    gets the token ids, entropies and group size GTPO needs; any other objective runs per seed.
     """
     if isinstance(objective, Objective):
-        objective.check_inputs(logp.flatten(0, 1), old.flatten(0, 1), adv.flatten(0, 1), mask.flatten(0, 1),
-                               None if ref is None else ref.flatten(0, 1),
-                               tokens=None if tokens is None else tokens.flatten(0, 1),
-                               entropies=None if entropies is None else entropies.flatten(0, 1),
-                               group_size=group_size)
+        if not objective.needs_tokens:
+            tokens = entropies = None
+        out = objective.loss(logp, old, adv, mask, ref_logprobs=ref, tokens=tokens, entropies=entropies,
+                             group_size=group_size, batch_dims=1)
+        return _loss_fields(out)
 
-        def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None, y: Tensor | None,
-                h: Tensor | None) -> dict[str, Tensor]:
-            return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r, tokens=y, entropies=h,
-                                               group_size=group_size, validate=False))
-    else:
-        def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None, y: Tensor | None,
-                h: Tensor | None) -> dict[str, Tensor]:
-            return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r))
+    def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None) -> dict[str, Tensor]:
+        return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r))
 
-    if not isinstance(objective, Objective) or not objective.needs_tokens:
-        tokens = entropies = None
-    args = (logp, old, adv, mask, ref, tokens, entropies)
+    args = (logp, old, adv, mask, ref)
     if logp.shape[0] == 1:
         fields = one(*(None if a is None else a[0] for a in args))
         return {k: v.reshape(1) for k, v in fields.items()}
@@ -236,20 +228,17 @@ def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: 
 def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int,
                         mask: Tensor | None = None) -> Tensor:
     """(S, N) rewards -> (S, N) advantages, each seed's groups on their own (Eq. 2). A companion
-    ``Objective`` checks every seed's rewards once, then runs unchecked per seed, and gets the mask
-    (REINFORCE++ weighs completions by length)."""
+    ``Objective`` takes the seed axis as a batch axis (one call, every seed's rewards checked) and gets the
+    mask (REINFORCE++ weighs completions by length); any other objective runs per seed."""
     if isinstance(objective, Objective):
-        objective.check_rewards(rewards.flatten(), group_size, None if mask is None else mask.flatten(0, 1))
+        return objective.advantages(rewards, group_size, mask, batch_dims=1)
 
-        def one(r: Tensor, m: Tensor | None) -> Tensor:
-            return objective.advantages(r, group_size, m, validate=False)
-    else:
-        def one(r: Tensor, m: Tensor | None) -> Tensor:
-            return objective.advantages(r, group_size=group_size)
+    def one(r: Tensor) -> Tensor:
+        return objective.advantages(r, group_size=group_size)
 
     if rewards.shape[0] == 1:
-        return one(rewards[0], None if mask is None else mask[0]).unsqueeze(0)
-    return _per_seed(one, rewards, mask)
+        return one(rewards[0]).unsqueeze(0)
+    return _per_seed(one, rewards)
 
 
 # --- the loop ------------------------------------------------------------------------------------------

@@ -638,3 +638,63 @@ def test_conflict_tokens_by_hand():
     expected = torch.tensor([[True, True, True, False], [True, True, False, True],
                              [False, False, False, False], [False, False, False, False]])
     assert torch.equal(conflict, expected)
+
+
+# --- issue 13: batch_dims, a seed axis without vmap (perf) ----------------------------------------------
+@pytest.mark.parametrize("name", sorted(cp.PRESETS))
+def test_batch_dims_give_each_seed_its_own_loss_and_diagnostics(name):
+    """batch_dims=1 on (S, N, T): the same numbers as vmap over the seed axis, bit for bit, and as a call per
+    seed; DAPO's token count, REINFORCE++'s whitening, GPG's alpha and GTPO's groups stay within a seed."""
+    seeds = [batch(s) for s in (21, 22, 23)]
+    keys = ("lp", "old", "ref", "mask", "rewards", "tokens", "entropies")
+    stacked = {k: torch.stack([b[k] for b in seeds]) for k in keys}
+    obj = cp.Objective.preset(name)
+    adv = obj.advantages(stacked["rewards"], 4, stacked["mask"], batch_dims=1)
+    lp = stacked["lp"].clone().requires_grad_(True)
+    out = obj.loss(lp, stacked["old"], adv, stacked["mask"], stacked["ref"], tokens=stacked["tokens"],
+                   entropies=stacked["entropies"], group_size=4, batch_dims=1)
+    out.loss.sum().backward()
+
+    def one(lp_, old, ref, mask, rewards, tokens, entropies):
+        a = obj.advantages(rewards, 4, mask, validate=False)
+        o = obj.loss(lp_, old, a, mask, ref, tokens=tokens, entropies=entropies, group_size=4, validate=False)
+        return a, o.scalars(), o.weights
+
+    vmapped_adv, vmapped, vmapped_weights = torch.func.vmap(one)(*(stacked[k] for k in keys))
+    assert torch.equal(adv, vmapped_adv) and torch.equal(out.weights, vmapped_weights)
+    for key, value in out.scalars().items():
+        assert value.shape == (3,) and torch.equal(value.detach(), vmapped[key].detach()), key
+    for s, b in enumerate(seeds):
+        x = b["lp"].clone().requires_grad_(True)
+        alone = objective_loss(obj, b, x)
+        alone.loss.backward()
+        torch.testing.assert_close(adv[s], obj.advantages(b["rewards"], 4, b["mask"]), atol=1e-12, rtol=0)
+        for key, value in alone.scalars().items():
+            torch.testing.assert_close(out.scalars()[key][s].detach(), value.detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(lp.grad[s], x.grad, atol=1e-12, rtol=0)
+        torch.testing.assert_close(out.alpha[s], alone.alpha, atol=1e-15, rtol=0)
+
+
+def test_batch_dims_shapes_are_checked():
+    obj = cp.Objective.preset("grpo_r1")
+    b = batch(24)
+    two = {k: torch.stack([b[k], b[k]]) for k in ("lp", "old", "ref", "mask", "rewards")}
+    with pytest.raises(ValueError, match="1-D"):
+        obj.advantages(two["rewards"], 4)  # a seed axis must be asked for
+    with pytest.raises(ValueError, match="batch dim"):
+        obj.advantages(b["rewards"], 4, batch_dims=1)
+    with pytest.raises(ValueError, match="mask"):
+        obj.advantages(two["rewards"], 4, two["mask"][0], batch_dims=1)
+    adv = obj.advantages(two["rewards"], 4, batch_dims=1)
+    with pytest.raises(ValueError, match=r"\(N, T\)"):
+        obj.loss(two["lp"], two["old"], adv, two["mask"], two["ref"])
+    with pytest.raises(ValueError, match="batch dim"):
+        obj.loss(b["lp"], b["old"], adv[0], b["mask"], b["ref"], batch_dims=1)
+    with pytest.raises(ValueError, match="advantages"):
+        obj.loss(two["lp"], two["old"], adv[:, :6], two["mask"], two["ref"], batch_dims=1)
+    bad = two["lp"].clone()
+    bad[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="logprobs"):
+        obj.loss(bad, two["old"], adv, two["mask"], two["ref"], batch_dims=1)
+    out = obj.loss(two["lp"], two["old"], adv, two["mask"], two["ref"], batch_dims=1)
+    assert out.loss.shape == (2,) and torch.equal(out.loss[0], out.loss[1])
