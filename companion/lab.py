@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from companion.notebook import Progress, under_pytest
 from companion.objective import Objective
+from companion.optim import InstrumentedAdamW
 from companion.tasks import Task
 
 Sampling = Literal["on_policy", "fixed"]
@@ -125,8 +126,8 @@ def cpu_threads(device: torch.device) -> Iterator[None]:
 
 def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter],
                      lr: float) -> torch.optim.Optimizer:
-    if optimizer is None:
-        return torch.optim.AdamW(params, lr=lr)
+    if optimizer is None:  # torch's AdamW step, bit for bit, without its CPU slow paths (companion.optim)
+        return InstrumentedAdamW(params, lr=lr, diagnostics="off")
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if callable(optimizer):
@@ -151,9 +152,14 @@ def _check_arguments(task: Task, steps: int, group_size: int, prompts_per_step: 
 
 
 # --- statistics per seed -------------------------------------------------------------------------------
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """(S, N, T) -> (S,): mean over every token in the loss."""
-    return (x * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+def _masked_mean(x: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
+    """(S, N, T) -> (S,): mean over every token in the loss (``count``: the tokens per seed, if known)."""
+    return (x * mask).sum((1, 2)) / (_token_count(mask) if count is None else count)
+
+
+def _token_count(mask: Tensor) -> Tensor:
+    """(S, N, T) -> (S,): tokens in the loss per seed (at least 1, a denominator)."""
+    return mask.sum((1, 2)).clamp(min=1)
 
 
 def _k3(log_ratio: Tensor) -> Tensor:
@@ -167,9 +173,10 @@ def _tied_fraction(rewards: Tensor, group_size: int) -> Tensor:
     return (groups == groups[..., :1]).all(-1).to(rewards.dtype).mean(-1)
 
 
-def _masked_extreme(x: Tensor, mask: Tensor, largest: bool) -> Tensor:
+def _masked_extreme(x: Tensor, padding: Tensor, largest: bool) -> Tensor:
+    """(S, N, T) -> (S,): the largest or smallest value on the loss tokens (``padding``: mask == 0)."""
     fill = float("-inf") if largest else float("inf")
-    x = x.masked_fill(mask == 0, fill).flatten(1)
+    x = x.masked_fill(padding, fill).flatten(1)
     return x.amax(1) if largest else x.amin(1)
 
 
@@ -288,7 +295,10 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
     """Train ``policy`` on ``task`` with ``objective`` for ``steps`` outer steps; return the History.
 
     optimizer: a torch optimizer over ``policy.parameters()``, a callable ``params -> optimizer`` (e.g.
-        ``lambda p: cp.InstrumentedAdamW(p, lr=1e-2)``), or None for ``torch.optim.AdamW(lr=lr)``.
+        ``lambda p: cp.InstrumentedAdamW(p, lr=1e-2)``), or None for AdamW with ``lr`` and torch's
+        defaults (``InstrumentedAdamW(diagnostics="off")``: ``torch.optim.AdamW``'s numbers bit for bit,
+        faster on the CPU). ``lambda p: torch.optim.AdamW(p, lr=lr, fused=True)`` is faster still on the
+        CPU but rounds differently: an explicit choice, not the default.
     group_size: G >= 2 completions per prompt; prompts_per_step: B prompts per outer step.
     inner_steps: mu optimizer steps on each fixed batch (pi_old is the policy at the start of the batch).
     seed: seed of the first run; seed index s of a multi-seed policy uses ``seed + s``.
@@ -312,11 +322,9 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
                 opt.new_batch()  # InstrumentedAdamW's hook (counts batches, optionally resets moments)
             batch = _rollout(policy, reference, task, objective, generators, prompts_per_step, group_size,
                              sampling, dev)
-            for i in range(inner_steps):
-                row = _inner_step(policy, task, objective, opt, batch)
-                row["outer_step"], row["inner_step"] = torch.tensor([k]), torch.tensor([i])
-                for name, value in row.items():
-                    records.setdefault(name, []).append(value.detach())
+            for _ in range(inner_steps):
+                for name, value in _inner_step(policy, task, objective, opt, batch).items():
+                    records.setdefault(name, []).append(value)
             line = _advance_progress(line, progress, k + 1, steps, started)
         if line is not None:
             line.close()
@@ -324,6 +332,8 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
                   steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
                   inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev))
     columns = _stack(records)
+    columns["outer_step"] = np.repeat(np.arange(steps), inner_steps)
+    columns["inner_step"] = np.tile(np.arange(inner_steps), steps)
     columns.update(_optimizer_columns(opt, first_opt_row, steps * inner_steps))
     return History(columns, policy.num_seeds, config)
 
@@ -341,6 +351,16 @@ class Batch:
     ref_logprobs: Tensor  # (S, N, T)
     group_size: int
     old_logprobs: Tensor | None = None  # (S, N, T), set by the first inner step
+    padding: Tensor = field(init=False)  # (S, N, T) mask == 0
+    token_count: Tensor = field(init=False)  # (S,) tokens in the loss (at least 1)
+    records: dict[str, Tensor] = field(init=False)  # the columns that depend on the batch alone
+
+    def __post_init__(self) -> None:
+        self.padding = self.mask == 0
+        self.token_count = _token_count(self.mask)
+        self.records = {"reward": self.rewards.mean(1), "accuracy": self.correct.mean(1),
+                        "length": self.mask.sum(2).mean(1),
+                        "tied_fraction": _tied_fraction(self.rewards, self.group_size)}
 
 
 @torch.no_grad()
@@ -376,18 +396,18 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     opt.zero_grad(set_to_none=True)
     fields["loss"].sum().backward()
     opt.step()
+    fields = {name: value.detach() if value.requires_grad else value for name, value in fields.items()}
     lp = logp.detach()
-    row = {
-        "reward": b.rewards.mean(1), "accuracy": b.correct.mean(1), "length": b.mask.sum(2).mean(1),
-        "tied_fraction": _tied_fraction(b.rewards, b.group_size),
-        "entropy": _masked_mean(entropy, b.mask),
-        "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask),
-        "kl_ref": _masked_mean(_k3(b.ref_logprobs - lp), b.mask),
-        "ratio_min": _masked_extreme((lp - b.old_logprobs).exp(), b.mask, largest=False),
-        "ratio_max": _masked_extreme((lp - b.old_logprobs).exp(), b.mask, largest=True),
+    ratio = (lp - b.old_logprobs).exp()
+    return {
+        **b.records,
+        "entropy": _masked_mean(entropy, b.mask, b.token_count),
+        "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask, b.token_count),
+        "kl_ref": _masked_mean(_k3(b.ref_logprobs - lp), b.mask, b.token_count),
+        "ratio_min": _masked_extreme(ratio, b.padding, largest=False),
+        "ratio_max": _masked_extreme(ratio, b.padding, largest=True),
         **fields,
     }
-    return row
 
 
 def _stack(records: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:

@@ -416,13 +416,14 @@ class LossOutput:
                 "clip_fraction_high": self.clip_fraction_high, "clip_fraction_dual": self.clip_fraction_dual}
 
     @cached_property
-    def _diagnostics(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _flags(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         with torch.no_grad():
-            return _diagnose(self._ctx)
+            return _clip_flags(self._ctx)
 
-    @property
+    @cached_property
     def weights(self) -> Tensor:
-        return self._diagnostics[0]
+        with torch.no_grad():
+            return _omega(self._ctx, *self._flags)
 
     @property
     def alpha(self) -> Tensor:
@@ -438,15 +439,15 @@ class LossOutput:
 
     @property
     def clip_fraction_low(self) -> Tensor:
-        return _token_fraction(self._diagnostics[1], self._ctx.mask)
+        return _token_fraction(self._flags[0], self._ctx.mask)
 
     @property
     def clip_fraction_high(self) -> Tensor:
-        return _token_fraction(self._diagnostics[2], self._ctx.mask)
+        return _token_fraction(self._flags[1], self._ctx.mask)
 
     @property
     def clip_fraction_dual(self) -> Tensor:
-        return _token_fraction(self._diagnostics[3], self._ctx.mask)
+        return _token_fraction(self._flags[2], self._ctx.mask)
 
 
 def _clip_range(obj: Objective) -> tuple[float, float]:
@@ -500,11 +501,10 @@ def _geometric_mean_loss(c: _Context) -> Tensor:
     return -_batch_sum(seq_adv * seq_ratio) / c.mask.shape[-2]
 
 
-def _diagnose(c: _Context) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(ω, clipped below, clipped above, dual-clipped), per token."""
+def _clip_flags(c: _Context) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Per token: (clipped below, clipped above, dual-clipped), None where the surrogate has no such clip."""
     obj, s, adv = c.objective, c.s.detach(), c.adv
-    none = torch.zeros_like(c.mask, dtype=torch.bool)
-    low, high, dual = none, none, none
+    low = high = dual = None
     if obj.surrogate == "clip":
         lo, hi = _clip_range(obj)
         low, high = (adv < 0) & (s < lo), (adv > 0) & (s > hi)
@@ -512,23 +512,33 @@ def _diagnose(c: _Context) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             high = high | ((adv > 0) & (s > obj.ratio_cap)) | ((adv < 0) & (s > max(obj.ratio_cap, hi)))
         if obj.dual_clip is not None:
             dual = (adv < 0) & (s > obj.dual_clip)
-        omega = c.alpha * s * ~(low | high | dual)
-    elif obj.surrogate == "log_prob":
-        omega = c.alpha
     elif obj.surrogate == "is_weighted_log_prob":
         lo, hi = _is_weight_range(obj)
         low, high = (s < lo).expand_as(c.mask), (s > hi).expand_as(c.mask)
-        omega = c.alpha * s.clamp(lo, hi)
+    elif obj.surrogate == "geometric_mean":
+        d = c.log_ratio.detach()
+        low, high = (adv < 0) & (d < -obj.clip_low), (adv > 0) & (d > obj.clip_high)
+    return low, high, dual
+
+
+def _omega(c: _Context, low: Tensor | None, high: Tensor | None, dual: Tensor | None) -> Tensor:
+    """ω_{i,t} of Eq. 15: the gradient per unit advantage, 0 on clipped and masked tokens."""
+    obj, s, adv = c.objective, c.s.detach(), c.adv
+    if obj.surrogate == "clip":
+        clipped = low | high if dual is None else low | high | dual
+        omega = c.alpha * s * ~clipped
+    elif obj.surrogate == "log_prob":
+        omega = c.alpha
+    elif obj.surrogate == "is_weighted_log_prob":
+        omega = c.alpha * s.clamp(*_is_weight_range(obj))
     elif obj.surrogate == "soft_gate":
         gate = torch.sigmoid(_sapo_tau(obj, adv, s.dtype) * (s - 1.0))
         omega = c.alpha * 4.0 * gate * (1.0 - gate) * s
     else:
-        d = c.log_ratio.detach()
-        low, high = (adv < 0) & (d < -obj.clip_low), (adv > 0) & (d > obj.clip_high)
         size = c.lengths.clamp(min=1)
         seq_ratio = ((_gmpo_clipped_log_ratio(c) * c.mask).sum(-1, keepdim=True) / size).exp()
         omega = seq_ratio / (c.mask.shape[-2] * size) * ~(low | high)
-    return (omega * c.mask).expand_as(c.mask), low, high, dual
+    return (omega * c.mask).expand_as(c.mask)
 
 
 def _cap(log_ratio: Tensor, cap: float) -> Tensor:
@@ -633,7 +643,10 @@ def _batch_sum(x: Tensor) -> Tensor:
     return x.sum((-2, -1))
 
 
-def _token_fraction(flags: Tensor, mask: Tensor) -> Tensor:
+def _token_fraction(flags: Tensor | None, mask: Tensor) -> Tensor:
+    """The share of the batch's loss tokens that are flagged (0 for no flags)."""
+    if flags is None:
+        return mask.new_zeros(mask.shape[:-2])
     return _batch_sum(flags.to(mask.dtype) * mask) / _batch_sum(mask).clamp(min=1)
 
 

@@ -26,6 +26,8 @@ Example::
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -50,24 +52,33 @@ def _fill_after_eos(tokens: Tensor, eos_id: int) -> Tensor:
     return tokens.masked_fill(after, eos_id)
 
 
-def _eos_forbidden(length: int, min_new_tokens: int, device: torch.device) -> Tensor:
-    """(length,) bool: positions where EOS may not be chosen."""
-    return torch.arange(length, device=device) < min_new_tokens
-
-
 def _token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor, eos_id: int,
                     min_new_tokens: int) -> tuple[Tensor, Tensor]:
     """logits (..., T, V+1) -> (log pi(token), detached entropy), both (..., T), 0 where mask is 0."""
-    forbid = _eos_forbidden(logits.shape[-2], min_new_tokens, logits.device)
-    eos_col = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    eos_col[eos_id] = True
-    logits = logits.masked_fill(forbid.unsqueeze(-1) & eos_col, float("-inf"))
-    logp_all = _log_softmax(logits)
-    safe_tokens = tokens.masked_fill(mask == 0, 0)
-    logp = logp_all.gather(-1, safe_tokens.unsqueeze(-1)).squeeze(-1).masked_fill(mask == 0, 0.0)
-    finite = logp_all.detach().clamp(min=torch.finfo(logp_all.dtype).min)  # 0 * log 0 = 0 below
-    entropy = -(finite.exp() * finite).sum(-1) * mask
-    return logp, entropy
+    forbid = _eos_mask(logits.shape[-2], logits.shape[-1], eos_id, min_new_tokens, logits.device)
+    logp_all = _log_softmax(logits.masked_fill(forbid, float("-inf")))
+    return _pick(logp_all, tokens, mask), _entropy(logp_all) * mask
+
+
+def _pick(logp_all: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+    """log pi of each token, (..., T), 0 where the mask is 0 (padding may hold any id)."""
+    padding = mask == 0
+    safe_tokens = tokens.masked_fill(padding, 0)
+    return logp_all.gather(-1, safe_tokens.unsqueeze(-1)).squeeze(-1).masked_fill(padding, 0.0)
+
+
+def _entropy(logp_all: Tensor) -> Tensor:
+    """Entropy of each next-token distribution, detached (0 · log 0 = 0)."""
+    finite = logp_all.detach().clamp(min=torch.finfo(logp_all.dtype).min)
+    return -(finite.exp() * finite).sum(-1)
+
+
+@functools.cache
+def _eos_mask(length: int, width: int, eos_id: int, min_new_tokens: int, device: torch.device) -> Tensor:
+    """(length, width) bool: True at EOS in the positions where EOS may not be chosen (cached: read-only)."""
+    mask = torch.zeros(length, width, dtype=torch.bool, device=device)
+    mask[:min_new_tokens, eos_id] = True
+    return mask
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
@@ -125,6 +136,8 @@ class TabularPolicy(nn.Module):
             raise ValueError(f"tabular policy too large: {entries} logits (num_seeds={num_seeds}, "
                              f"num_prompts={num_prompts}, depth={depth}, vocab={V}); lower depth or seeds")
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self._node_offsets = tuple(offsets)  # the same, as Python ints for the sampling loop
+        self._frozen_table: tuple[tuple[int, int, int], Tensor, Tensor] | None = None
         init = torch.zeros(num_seeds, num_prompts, num_nodes, V + 1, dtype=dtype)
         if init_scale > 0:
             for s in range(num_seeds):  # seed s uses generator seed + s, as a single run with that seed
@@ -151,22 +164,26 @@ class TabularPolicy(nn.Module):
             raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the tree depth {self.depth}")
 
     def node_ids(self, completions: Tensor) -> Tensor:
-        """(..., T) tokens -> (..., T) node of the prefix before each position (EOS read as token V-1)."""
-        V = len(self.vocab)
-        index = torch.zeros(completions.shape[:-1], dtype=torch.long, device=completions.device)
-        nodes = []
-        for t in range(completions.shape[-1]):
-            nodes.append(self.offsets[t] + index)
-            index = index * V + completions[..., t].clamp(max=V - 1)
-        return torch.stack(nodes, dim=-1)
+        """(..., T) tokens -> (..., T) node of the prefix before each position (EOS read as token V-1):
+        ``offset[t] + sum_{j<t} y_j V^(t-1-j)``, one product with a (T, T) matrix of powers of V (exact
+        in float64: at most V^MAX_TABULAR_DEPTH)."""
+        V, T = len(self.vocab), completions.shape[-1]
+        powers = [[float(V ** (t - 1 - j)) if j < t else 0.0 for t in range(T)] for j in range(T)]
+        powers = torch.tensor(powers, dtype=torch.float64, device=completions.device)
+        digits = completions.clamp(max=V - 1).to(torch.float64)
+        return (digits @ powers).long() + self.offsets[:T]
 
-    def _node_logits(self, prompt_idx: Tensor, nodes: Tensor) -> Tensor:
-        """prompt_idx (S, N), nodes (S, N, ...) -> logits (S, N, ..., V+1), via one flat row index."""
-        S, P, num_nodes, width = self.logits.shape
-        seeds = torch.arange(S, device=nodes.device).view(-1, *([1] * (nodes.dim() - 1)))
-        prompts = prompt_idx.view(*prompt_idx.shape, *([1] * (nodes.dim() - 2)))
-        rows = ((seeds * P + prompts) * num_nodes + nodes).flatten()
-        return self.logits.view(-1, width).index_select(0, rows).view(*nodes.shape, width)
+    def _row_base(self, prompt_idx: Tensor) -> Tensor:
+        """(S, N) prompts -> (S, N) flat index of each completion's (seed, prompt) table in ``logits``."""
+        S, P, num_nodes, _ = self.logits.shape
+        seeds = torch.arange(S, device=prompt_idx.device).unsqueeze(1)
+        return (seeds * P + prompt_idx) * num_nodes
+
+    def _rows(self, rows: Tensor, table: Tensor | None = None) -> Tensor:
+        """Rows of ``logits`` (or of a table of the same layout) by flat index: (...) -> (..., V+1)."""
+        table = self.logits if table is None else table
+        width = table.shape[-1]
+        return table.view(-1, width).index_select(0, rows.flatten()).view(*rows.shape, width)
 
     @torch.no_grad()
     def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
@@ -186,25 +203,48 @@ class TabularPolicy(nn.Module):
         tokens = torch.full((S, N, T), self.eos_id, dtype=torch.long, device=device)
         tokens[..., :head.shape[-1]] = head
         V, index = len(self.vocab), torch.zeros(S, N, dtype=torch.long, device=device)
+        base = self._row_base(prompts)
         for t in range(T):
             if t >= head.shape[-1]:
-                logits = self._node_logits(prompts, self.offsets[t] + index)
+                logits = self._rows(base + (index + self._node_offsets[t]))
                 if t < m:
-                    logits = logits.clone()
-                    logits[..., self.eos_id] = float("-inf")
-                tokens[..., t] = _inverse_cdf(_unnormalised_probs(logits), uniforms[..., t],
-                                              V - 1 if t < m else V)
-            index = index * V + tokens[..., t].clamp(max=V - 1)
+                    logits = logits.index_fill(-1, self._eos_index(device), float("-inf"))
+                token = _inverse_cdf(_unnormalised_probs(logits), uniforms[..., t], V - 1 if t < m else V)
+                tokens[..., t] = token
+            else:
+                token = tokens[..., t]
+            index = index * V + token.clamp(max=V - 1)
         return _fill_after_eos(tokens, self.eos_id)
+
+    def _eos_index(self, device: torch.device) -> Tensor:
+        return torch.tensor([self.eos_id], device=device)
 
     def logprobs(self, task: Task, prompt_idx: Tensor, completions: Tensor, *,
                  min_new_tokens: int | None = None) -> tuple[Tensor, Tensor]:
         """(S, N) prompts, (S, N, T) completions -> (log-probs, entropy), each (S, N, T)."""
         m = task.min_new_tokens if min_new_tokens is None else min_new_tokens
         self._check(task, completions.shape[-1])
-        logits = self._node_logits(prompt_idx.to(completions.device), self.node_ids(completions))
-        mask = task.completion_mask(completions).to(logits.dtype)
-        return _token_logprobs(logits, completions, mask, self.eos_id, m)
+        rows = self._row_base(prompt_idx.to(completions.device)).unsqueeze(-1) + self.node_ids(completions)
+        mask = task.completion_mask(completions).to(self.logits.dtype)
+        if self.logits.requires_grad:
+            return _token_logprobs(self._rows(rows), completions, mask, self.eos_id, m)
+        logp_table, entropy_table = self._frozen_tables(m)
+        return _pick(self._rows(rows, logp_table), completions, mask), entropy_table.view(-1)[rows] * mask
+
+    @torch.no_grad()
+    def _frozen_tables(self, min_new_tokens: int) -> tuple[Tensor, Tensor]:
+        """log pi of every node's next token, and every node's entropy, for frozen logits (no gradient: the
+        lab's pi_ref), computed again only when the logits change: row by row the same operations as on a
+        batch of completions, so the same numbers."""
+        key = (self.logits._version, self.logits.data_ptr(), min_new_tokens)
+        if self._frozen_table is None or self._frozen_table[0] != key:
+            device, V = self.logits.device, len(self.vocab)
+            depth = torch.repeat_interleave(torch.arange(self.depth, device=device),
+                                            torch.tensor([V**t for t in range(self.depth)], device=device))
+            forbid = _eos_mask(self.depth, V + 1, self.eos_id, min_new_tokens, device)[depth]
+            logp_all = _log_softmax(self.logits.detach().masked_fill(forbid, float("-inf")))
+            self._frozen_table = (key, logp_all, _entropy(logp_all))
+        return self._frozen_table[1], self._frozen_table[2]
 
     def sequences(self, task: Task) -> Tensor:
         """Every possible completion of length ``task.max_new_tokens`` (EOS-filled), (num_sequences, T)."""

@@ -509,3 +509,26 @@ def test_history_clear_forgets_rows_and_columns():
     assert np.isnan(h["a"][1]) and np.isnan(h["b"][0]) and h["b"][1] == 2.0
     with pytest.raises(KeyError, match="available"):
         h["c"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sqrt_without_the_slow_path_is_torch_sqrt_bit_for_bit(dtype):
+    tiny = torch.finfo(dtype).tiny
+    v = torch.tensor([0.0, 0.0, 1.0, 2.0, tiny, tiny / 8, 1e-30, 3e30, float("inf"), float("nan")],
+                     dtype=dtype)
+    for values in (v, v[2:], torch.zeros(5, dtype=dtype)):
+        out, work = torch.empty_like(values), torch.empty_like(values)
+        got = optim._sqrt(values, out, work)
+        assert got.data_ptr() == out.data_ptr()
+        torch.testing.assert_close(got, torch.sqrt(values), rtol=0, atol=0, equal_nan=True)
+        assert (got.signbit() == torch.sqrt(values).signbit()).all()
+
+
+def test_off_level_takes_the_chunked_step_when_groups_are_plain(monkeypatch):
+    calls = []
+    monkeypatch.setattr(optim, "_torch_adamw_step", lambda opt, closure: calls.append(1))
+    params = make_params(torch.float32)
+    opt = run(InstrumentedAdamW, params, 3, diagnostics="off")
+    assert calls == [] and len(opt.history) == 0 and all(float(s["step"]) == 3 for s in opt.state.values())
+    run(InstrumentedAdamW, make_params(torch.float32), 1, diagnostics="off", lr=torch.tensor(0.1))
+    assert calls == [1]

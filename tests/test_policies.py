@@ -243,3 +243,37 @@ def test_num_parameters_counts_one_seed():
     task = make_task("pick", max_new_tokens=3)
     assert num_parameters(TabularPolicy.for_task(task, num_seeds=4)) == 4 * (1 + 5 + 25) * 6
     assert num_parameters(TinyGPT2Policy.for_task(task)) > 50_000
+
+
+# --- issue 13: the frozen table path and the vectorised node ids (perf) --------------------------------
+def test_a_frozen_tabular_policy_answers_from_a_table_with_the_same_numbers():
+    import copy
+
+    task = make_task("add", base=3, length="short")
+    policy = TabularPolicy.for_task(task, num_seeds=3, init_scale=1.5, seed=4)
+    frozen = copy.deepcopy(policy).requires_grad_(False)
+    generators = [torch.Generator().manual_seed(s) for s in range(3)]
+    prompts = torch.stack([task.sample_prompts(5, g) for g in generators])
+    completions = policy.sample(task, prompts, 4, generators)
+    prompt_idx = prompts.repeat_interleave(4, dim=1)
+    for m in (None, 2):
+        logp, entropy = policy.logprobs(task, prompt_idx, completions, min_new_tokens=m)
+        table_logp, table_entropy = frozen.logprobs(task, prompt_idx, completions, min_new_tokens=m)
+        assert frozen._frozen_table is not None  # the table path ran
+        assert torch.equal(logp.detach(), table_logp) and torch.equal(entropy, table_entropy)
+    with torch.no_grad():
+        frozen.logits.mul_(0.5)  # an in-place change rebuilds the table
+        policy.logits.mul_(0.5)
+    assert torch.equal(policy.logprobs(task, prompt_idx, completions)[0].detach(),
+                       frozen.logprobs(task, prompt_idx, completions)[0])
+
+
+def test_node_ids_by_the_recurrence():
+    task = make_task("copy", alphabet="abc", n=2, max_new_tokens=6)
+    policy = TabularPolicy.for_task(task)
+    V = task.vocab_size
+    completions = torch.randint(0, V + 1, (2, 7, 6), generator=torch.Generator().manual_seed(0))
+    index = torch.zeros(2, 7, dtype=torch.long)
+    for t in range(6):
+        assert torch.equal(policy.node_ids(completions)[..., t], sum(V**d for d in range(t)) + index)
+        index = index * V + completions[..., t].clamp(max=V - 1)
