@@ -159,3 +159,19 @@ def test_advantages_per_token_use_their_first_column_and_inputs_are_detached():
     assert root.advantage_sum == pytest.approx(1.0)
     assert [n.group for n in prefix.trie(torch.tensor([[1], [1], [2], [2]]), torch.ones(4, 1),
                                          torch.ones(4, 1), torch.zeros(4), 2)] == [0, 1]
+
+
+@pytest.mark.parametrize("group_size", [0, -2, True, 2.0, None])
+def test_group_size_must_be_a_positive_int(group_size):
+    tokens = torch.zeros(4, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="group_size"):
+        prefix.trie(tokens, torch.ones(4, 3), torch.ones(4, 3), torch.zeros(4), group_size)
+
+
+def test_groups_of_one_are_valid_and_share_nothing():
+    tokens = torch.tensor([[1, 2], [1, 2], [1, 3]])
+    nodes = prefix.trie(tokens, torch.ones(3, 2), torch.ones(3, 2), torch.tensor([1.0, -1.0, 2.0]), 1)
+    assert [n.group for n in nodes] == [0, 0, 1, 1, 2, 2]
+    assert all(n.whole_group and not n.shared for n in nodes)
+    assert prefix.w_agg_by_depth(tokens, torch.ones(3, 2), torch.ones(3, 2), torch.tensor([1.0, -1.0, 2.0]),
+                                 1).tolist() == [2.0, 2.0]

@@ -303,6 +303,11 @@ def test_t_and_k_boundaries():
         sum(theory.c_tk(0.9, 0.95, 5, k) for k in range(3)), rel=1e-15)
     with pytest.raises(ValueError, match="K must be"):
         theory.drift_after_vanishing(0.9, 0.95, 5, K=-1)
+    # k defaults to 0: the first step after the gradient vanished
+    first = 0.9 * (1 - 0.9**4) / (1 - 0.9**5)
+    assert theory.momentum_ratio(0.9, 5) == theory.momentum_ratio(0.9, 5, 0)
+    assert theory.momentum_ratio(0.9, 5) == pytest.approx(first, rel=1e-15)
+    assert theory.sqrt_v_hat_ratio(0.95, 5) == theory.sqrt_v_hat_ratio(0.95, 5, 0)
     # k = 0 of the large-T form is the limit of C_T itself
     assert theory.c_tk_large_t(0.9, 0.95, 0) == theory.c_t_limit(0.9, 0.95) == 0.9 / math.sqrt(0.95)
 
