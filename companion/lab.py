@@ -20,6 +20,9 @@ on theta (exact comparisons of objectives or optimizers on the same batches).
 
 Seeds: a policy with S seeds (``TabularPolicy(num_seeds=S)``) trains S independent runs in one tensor
 program; seed s uses ``seed + s`` and its records equal those of a single-seed run with that seed.
+``streams="batched"`` draws every seed's random numbers from one generator instead (``seed``), in one
+call: faster for many seeds, but seed s's numbers then depend on S, so that guarantee is gone. The book's
+chapters use the default, ``"per_seed"``.
 """
 
 from __future__ import annotations
@@ -39,10 +42,13 @@ from torch import Tensor, nn
 from companion.notebook import Progress, under_pytest
 from companion.objective import Objective
 from companion.optim import InstrumentedAdamW
+from companion.policies import Generators
 from companion.tasks import Task
 
 Sampling = Literal["on_policy", "fixed"]
 SAMPLING_MODES = ("on_policy", "fixed")
+Streams = Literal["per_seed", "batched"]
+STREAMS = ("per_seed", "batched")
 PROGRESS_AFTER_SECONDS = 3.0
 OptimizerSpec = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer] | None
 
@@ -137,7 +143,7 @@ def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter],
 
 
 def _check_arguments(task: Task, steps: int, group_size: int, prompts_per_step: int, inner_steps: int,
-                     sampling: str) -> None:
+                     sampling: str, streams: str = "per_seed") -> None:
     if not isinstance(task, Task):
         raise TypeError(f"task must be a companion Task (cp.make_task(...)), got {type(task).__name__}")
     if group_size < 2:
@@ -149,6 +155,8 @@ def _check_arguments(task: Task, steps: int, group_size: int, prompts_per_step: 
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+    if streams not in STREAMS:
+        raise ValueError(f"streams must be one of {STREAMS}, got {streams!r}")
 
 
 # --- statistics per seed -------------------------------------------------------------------------------
@@ -249,8 +257,21 @@ def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int,
 
 
 # --- the loop ------------------------------------------------------------------------------------------
-def _prefix(policy: nn.Module, task: Task, prompt_idx: Tensor,
-            generators: list[torch.Generator]) -> Tensor | None:
+def _generators(seed: int, num_seeds: int, streams: str) -> Generators:
+    """One generator per seed (``seed + s``), or one for all seeds."""
+    if streams == "batched":
+        return torch.Generator().manual_seed(seed)
+    return [torch.Generator().manual_seed(seed + s) for s in range(num_seeds)]
+
+
+def _sample_prompts(task: Task, generators: Generators, num_seeds: int, batch: int) -> Tensor:
+    """(S, B) prompt indices, each seed's from its own generator, or all from one."""
+    if isinstance(generators, torch.Generator):
+        return task.sample_prompts(num_seeds * batch, generators).view(num_seeds, batch)
+    return torch.stack([task.sample_prompts(batch, g) for g in generators])
+
+
+def _prefix(policy: nn.Module, task: Task, prompt_idx: Tensor, generators: Generators) -> Tensor | None:
     """The template prefix per prompt, (S, B, k): forced = the template, shared = sampled once per group."""
     if task.prefix_len == 0 or task.template_mode == "sampled":
         return None
@@ -291,7 +312,7 @@ def _optimizer_columns(optimizer: torch.optim.Optimizer, first_row: int, rows: i
 def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: OptimizerSpec = None, lr: float = 1e-2,
           steps: int = 50, group_size: int = 8, prompts_per_step: int = 4, inner_steps: int = 1,
           seed: int = 0, sampling: Sampling = "on_policy", device: str | torch.device | None = None,
-          progress: bool | None = None) -> History:
+          progress: bool | None = None, streams: Streams = "per_seed") -> History:
     """Train ``policy`` on ``task`` with ``objective`` for ``steps`` outer steps; return the History.
 
     optimizer: a torch optimizer over ``policy.parameters()``, a callable ``params -> optimizer`` (e.g.
@@ -306,14 +327,16 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
     device: None picks CUDA when present, else CPU (with ``COMPANION_THREADS`` threads, default 1).
     progress: a progress line (``cp.notebook.Progress``); None shows one when the run looks longer than a
         few seconds, outside pytest.
+    streams: ``"per_seed"`` (seed s's random numbers from its own generator, ``seed + s``: its records equal a
+        single-seed run's) or ``"batched"`` (all seeds from one generator: faster, S-dependent).
     """
-    _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling)
+    _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling, streams)
     dev = resolve_device(device)
     with cpu_threads(dev):
         policy.to(dev)
         reference = copy.deepcopy(policy).requires_grad_(False)
         opt = _build_optimizer(optimizer, [p for p in policy.parameters() if p.requires_grad], lr)
-        generators = [torch.Generator().manual_seed(seed + s) for s in range(policy.num_seeds)]
+        generators = _generators(seed, policy.num_seeds, streams)
         first_opt_row = len(getattr(opt, "history", ()))
         records: dict[str, list[Tensor]] = {}
         line, started = None, time.perf_counter()
@@ -330,7 +353,7 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
             line.close()
     config = dict(task=task.name, objective=getattr(objective, "name", type(objective).__name__),
                   steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
-                  inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev))
+                  inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev), streams=streams)
     columns = _stack(records)
     columns["outer_step"] = np.repeat(np.arange(steps), inner_steps)
     columns["inner_step"] = np.tile(np.arange(inner_steps), steps)
@@ -365,12 +388,12 @@ class Batch:
 
 @torch.no_grad()
 def _rollout(policy: nn.Module, reference: nn.Module, task: Task, objective: Any,
-             generators: list[torch.Generator], prompts_per_step: int, group_size: int, sampling: str,
+             generators: Generators, prompts_per_step: int, group_size: int, sampling: str,
              device: torch.device) -> Batch:
     """Sample B prompts x G completions, score them, and compute pi_ref log-probs (pi_old comes from the
     first inner step's forward pass, where theta = theta_old)."""
     sampler = policy if sampling == "on_policy" else reference
-    prompts = torch.stack([task.sample_prompts(prompts_per_step, g) for g in generators]).to(device)
+    prompts = _sample_prompts(task, generators, policy.num_seeds, prompts_per_step).to(device)
     prefix = _prefix(sampler, task, prompts, generators)
     completions = sampler.sample(task, prompts, group_size, generators, prefix=prefix)
     prompt_idx = prompts.repeat_interleave(group_size, dim=1)

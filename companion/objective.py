@@ -308,8 +308,9 @@ class Objective:
         adv = advantages.to(dtype).detach()
         adv = adv.unsqueeze(-1) if adv.dim() == lp.dim() - 1 else adv
         ref = None if ref_logprobs is None else ref_logprobs.to(dtype).detach()
-        out = LossOutput(_Context(self, lp, old, adv, m, ref, tokens, entropies, group_size))
-        if validate and not bool(torch.isfinite(out.loss).all()):
+        out = LossOutput(_Context(self, lp, old, adv, m, ref, tokens, entropies, group_size,
+                                  read_values=validate))
+        if validate and not _all_finite(out.loss):
             _check_finite(**_finite_inputs(self, logprobs, old_logprobs, advantages, ref_logprobs))
             value = out.loss.detach().flatten()
             raise ValueError(f"the loss is {value[~torch.isfinite(value)][0].item()} although every input is "
@@ -331,6 +332,7 @@ class _Context:
     tokens: Tensor | None
     entropies: Tensor | None
     group_size: int | None
+    read_values: bool = False  # may look at values (not under vmap): skips the cap when nothing reaches it
     log_ratio: Tensor = field(init=False)  # log π/π_old per token, clamped
     seq_log_ratio: Tensor | None = field(init=False)  # (N, 1) at sequence level, else None
     s: Tensor = field(init=False)  # the ratio s_{i,t} of Eq. 3 (value s_i on every token at sequence level)
@@ -340,13 +342,13 @@ class _Context:
 
     def __post_init__(self) -> None:
         obj = self.objective
-        self.log_ratio = _cap(self.logprobs - self.old_logprobs, obj.max_log_ratio)
+        self.log_ratio = _cap(self.logprobs - self.old_logprobs, obj.max_log_ratio, self.read_values)
         self.seq_log_ratio = None
         log_s = self.log_ratio
         if obj.ratio_level != "token":
             summed = (self.log_ratio * self.mask).sum(-1, keepdim=True)
             seq = summed / self.lengths.clamp(min=1) if obj.ratio_level == "sequence" else summed
-            self.seq_log_ratio = _cap(seq, obj.max_log_ratio)
+            self.seq_log_ratio = _cap(seq, obj.max_log_ratio, self.read_values)
             # value s_i on every token, gradient s_i ∇log π_t (GSPO's sg form; the same for the exact product)
             log_s = self.logprobs - self.logprobs.detach() + self.seq_log_ratio.detach()
         self.s = log_s.exp()
@@ -541,10 +543,18 @@ def _omega(c: _Context, low: Tensor | None, high: Tensor | None, dual: Tensor | 
     return (omega * c.mask).expand_as(c.mask)
 
 
-def _cap(log_ratio: Tensor, cap: float) -> Tensor:
+def _cap(log_ratio: Tensor, cap: float, read_values: bool = False) -> Tensor:
     """min(log_ratio, cap) in value, identity in gradient (no backward cost: verl's clamp costs a third of a
-    GRPO loss's backward pass on CPU)."""
+    GRPO loss's backward pass on CPU). ``read_values``: first look whether any value reaches the cap; when
+    none does (the usual case) the result is ``log_ratio`` itself, the same numbers without three passes."""
+    if read_values and (log_ratio.numel() == 0 or bool(log_ratio.detach().max() <= cap)):
+        return log_ratio
     return log_ratio - (log_ratio - cap).clamp(min=0).detach()
+
+
+def _all_finite(x: Tensor) -> bool:
+    """No NaN or ±inf in ``x`` (one synchronisation; a scalar loss is read directly)."""
+    return math.isfinite(x.item()) if x.dim() == 0 else bool(torch.isfinite(x).all())
 
 
 PER_ROW_AGGREGATIONS = ("seq_mean_token_mean", "seq_mean")
@@ -774,8 +784,9 @@ def _is_zero_one(mask: Tensor) -> bool:
     flat = mask.flatten()
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
-    low, high = torch.aminmax(flat)
-    return low.item() >= 0 and high.item() <= 1 and torch.dot(flat, flat).item() == flat.sum().item()
+    stats = torch.stack([*torch.aminmax(flat), torch.dot(flat, flat), flat.sum()])
+    low, high, squares, total = stats.tolist()  # one synchronisation
+    return low >= 0 and high <= 1 and squares == total
 
 
 def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: Tensor | None,

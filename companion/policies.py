@@ -12,8 +12,9 @@ not allowed before ``min_new_tokens`` (in sampling *and* in the log-probs, so th
 
 Sampling draws its randomness from one ``torch.Generator`` per seed, always the same amount per call, so
 runs that differ only in, say, reward scale see the same random numbers and diverge only when their
-parameters choose differently (inverse-CDF sampling from pre-drawn uniforms; the GPT-2 seeds the RNG of
-``model.generate`` from the generator).
+parameters choose differently (inverse-CDF sampling from pre-drawn uniforms; the GPT-2 seeds its sampler
+from the generator). A single generator instead of the list draws every seed's numbers in one call (the
+lab's ``streams="batched"``): faster for many seeds, but a seed's numbers then depend on how many run.
 
 Example::
 
@@ -27,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -97,9 +99,26 @@ def _check_vocab(policy_vocab: tuple[str, ...], task: Task) -> None:
                          "build the policy with <Policy>.for_task(task)")
 
 
-def _check_generators(generators: list[torch.Generator], num_seeds: int) -> None:
+Generators = list[torch.Generator] | torch.Generator
+
+
+def _check_generators(generators: Generators, num_seeds: int) -> None:
+    if isinstance(generators, torch.Generator):
+        return
     if len(generators) != num_seeds:
-        raise ValueError(f"generators: need one per seed ({num_seeds}), got {len(generators)}")
+        raise ValueError(f"generators: need one per seed ({num_seeds}) or one for all, "
+                         f"got {len(generators)}")
+
+
+def _uniforms(generators: Generators, seeds: int, *shape: int) -> Tensor:
+    """(seeds, *shape) float64 uniforms: seed s from ``generators[s]``, or every seed from one generator."""
+    if isinstance(generators, torch.Generator):
+        return torch.rand(seeds, *shape, generator=generators, dtype=torch.float64)
+    return torch.stack([torch.rand(*shape, generator=g, dtype=torch.float64) for g in generators])
+
+
+def _first(generators: Generators) -> torch.Generator:
+    return generators if isinstance(generators, torch.Generator) else generators[0]
 
 
 def _prefix_columns(prefix: Tensor | None, num_seeds: int, batch: int, group_size: int,
@@ -186,7 +205,7 @@ class TabularPolicy(nn.Module):
         return table.view(-1, width).index_select(0, rows.flatten()).view(*rows.shape, width)
 
     @torch.no_grad()
-    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
+    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: Generators, *,
                prefix: Tensor | None = None, max_new_tokens: int | None = None,
                min_new_tokens: int | None = None) -> Tensor:
         """(S, B) prompts -> (S, B*G, max_new_tokens) completions; ``prefix`` (S, B, k) is written as is."""
@@ -196,8 +215,7 @@ class TabularPolicy(nn.Module):
         _check_generators(generators, self.num_seeds)
         S, B = prompt_idx.shape
         N, device = B * group_size, self.logits.device
-        uniforms = torch.stack([torch.rand(N, T, generator=g, dtype=torch.float64) for g in generators])
-        uniforms = uniforms.to(device)
+        uniforms = _uniforms(generators, S, N, T).to(device)
         prompts = prompt_idx.to(device).repeat_interleave(group_size, dim=1)
         head = _prefix_columns(prefix, S, B, group_size, device)
         tokens = torch.full((S, N, T), self.eos_id, dtype=torch.long, device=device)
@@ -295,7 +313,7 @@ class GRUPolicy(nn.Module):
         return len(self.vocab)
 
     @torch.no_grad()
-    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
+    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: Generators, *,
                prefix: Tensor | None = None, max_new_tokens: int | None = None,
                min_new_tokens: int | None = None) -> Tensor:
         """(1, B) prompts -> (1, B*G, max_new_tokens) completions, inverse-CDF from the seed's uniforms."""
@@ -305,7 +323,7 @@ class GRUPolicy(nn.Module):
         _check_generators(generators, 1)
         B, device = prompt_idx.shape[1], self.head.weight.device
         N = B * group_size
-        uniforms = torch.rand(N, T, generator=generators[0], dtype=torch.float64).to(device)
+        uniforms = _uniforms(generators, 1, N, T)[0].to(device)
         head = _prefix_columns(prefix, 1, B, group_size, device)[0]
         prompts = task.prompts.to(device)[prompt_idx[0].to(device)].repeat_interleave(group_size, dim=0)
         out, h = self.gru(self.embed(prompts))
@@ -357,11 +375,13 @@ def build_tokenizer(vocab: tuple[str, ...]):
 class TinyGPT2Policy(nn.Module):
     """A GPT-2 built from ``GPT2Config`` (2 layers, 64 dims by default) with a local tokenizer; no download.
 
-    Sampling uses ``model.generate(num_return_sequences=G)`` with an attention mask, explicit pad/EOS ids,
-    ``min_new_tokens`` and the tokenizer's extra tokens (<pad>, <unk>) suppressed; log-probs are those of the
-    completion tokens only, over the same action space (task vocab + EOS). ``model.config.pad_token_id`` stays
-    None on purpose: ``generate`` feeds the pad of finished rows to the model without a mask, which would
-    trigger a spurious padding warning; the pad id is given to ``generate`` and the tokenizer explicitly.
+    Sampling draws what ``model.generate(do_sample=True, num_return_sequences=G)`` would, with an attention
+    mask, explicit pad/EOS ids, ``min_new_tokens`` and the tokenizer's extra tokens (<pad>, <unk>)
+    suppressed, in a loop of its own with the same model calls and a KV cache (``generate``'s set-up costs
+    more than the tiny model's forward passes; ``tests/test_policies.py`` checks the tokens against it).
+    Log-probs are those of the completion tokens only, over the same action space (task vocab + EOS).
+    ``model.config.pad_token_id`` stays None on purpose: finished rows are fed their pad token without a
+    mask, which would trigger a spurious padding warning; the pad id is given to the tokenizer explicitly.
     """
 
     num_seeds = 1
@@ -382,6 +402,8 @@ class TinyGPT2Policy(nn.Module):
                 model = GPT2LMHeadModel(config)
         self.model = model.eval()  # no dropout: pi_theta must be a function of theta (ratio = 1 at s = 1)
         self._check_tokenizer()
+        forward = inspect.signature(self.model.forward).parameters  # transformers 5 renamed the KV cache
+        self._cache_argument = "cache" if "cache" in forward else "past_key_values"
 
     @classmethod
     def for_task(cls, task: Task, **kwargs) -> TinyGPT2Policy:
@@ -421,33 +443,56 @@ class TinyGPT2Policy(nn.Module):
         return self.tokenizer.decode(ids.tolist())
 
     @torch.no_grad()
-    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
+    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: Generators, *,
                prefix: Tensor | None = None, max_new_tokens: int | None = None,
                min_new_tokens: int | None = None) -> Tensor:
-        """(1, B) prompts -> (1, B*G, max_new_tokens) completions via ``model.generate``."""
-        from transformers import GenerationConfig
-
+        """(1, B) prompts -> (1, B*G, max_new_tokens) completions, sampled with a KV cache exactly as
+        ``model.generate(do_sample=True, num_return_sequences=G, min_new_tokens=..., suppress_tokens=...)``
+        samples them from a generator seeded by ``generators[0]`` (the same tokens, without its set-up)."""
         T = task.max_new_tokens if max_new_tokens is None else max_new_tokens
         m = task.min_new_tokens if min_new_tokens is None else min_new_tokens
         self._check(task, T)
         _check_generators(generators, 1)
         device = self.model.device
-        rng_seed = int(torch.randint(2**62, (1,), generator=generators[0]))
+        seed = int(torch.randint(2**62, (1,), generator=_first(generators)))
+        rng = torch.Generator(device).manual_seed(seed)
         prompts = task.prompts.to(device)[prompt_idx[0].to(device)]
         k = 0 if prefix is None else prefix.shape[-1]
         inputs = prompts if prefix is None else torch.cat([prompts, prefix[0].to(device)], dim=1)
-        config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                  max_new_tokens=T - k, min_new_tokens=max(m - k, 0),
-                                  num_return_sequences=group_size, pad_token_id=self.pad_id,
-                                  eos_token_id=self.eos_id, suppress_tokens=self._extra_token_ids())
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(rng_seed)
-            out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs),
-                                      generation_config=config)
-        tokens = out[:, prompts.shape[1]:]
+        inputs = inputs.repeat_interleave(group_size, dim=0)
+        new = self._sample_tokens(inputs, T - k, max(m - k, 0), rng)
+        tokens = torch.cat([inputs[:, prompts.shape[1]:], new], dim=1)
         tokens = tokens.masked_fill(tokens == self.pad_id, self.eos_id)
         tokens = nn.functional.pad(tokens, (0, T - tokens.shape[1]), value=self.eos_id)
         return _fill_after_eos(tokens, self.eos_id).unsqueeze(0)
+
+    @torch.no_grad()
+    def _sample_tokens(self, inputs: Tensor, max_new_tokens: int, min_new_tokens: int,
+                       rng: torch.Generator) -> Tensor:
+        """Multinomial sampling at temperature 1 with a KV cache, as ``generate`` does it: the same model
+        calls (prompt, then one token at a time with the cache and a mask of ones), EOS and the extra tokens
+        set to -inf, finished rows continued with the pad token, a stop when every row has ended."""
+        n, length = inputs.shape
+        eos, pad = self.eos_id, self.pad_id
+        suppressed = torch.tensor(self._extra_token_ids(), device=inputs.device)
+        unfinished = torch.ones(n, dtype=torch.long, device=inputs.device)
+        out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs), use_cache=True)
+        new: list[Tensor] = []
+        for step in range(max_new_tokens):
+            scores = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            if step < min_new_tokens:
+                scores[:, eos] = float("-inf")
+            scores[:, suppressed] = float("-inf")
+            token = torch.multinomial(nn.functional.softmax(scores, dim=-1), 1, generator=rng).squeeze(1)
+            token = token * unfinished + pad * (1 - unfinished)
+            new.append(token)
+            unfinished = unfinished & (token != eos).long()
+            if step + 1 == max_new_tokens or not bool(unfinished.any()):
+                break
+            mask = torch.ones(n, length + step + 1, dtype=torch.long, device=inputs.device)
+            out = self.model(input_ids=token[:, None], attention_mask=mask, use_cache=True,
+                             **{self._cache_argument: out[self._cache_argument]})
+        return torch.stack(new, dim=1) if new else inputs.new_zeros(n, 0)
 
     def _extra_token_ids(self) -> list[int]:
         return list(range(self.eos_id + 1, len(self.tokenizer)))

@@ -364,3 +364,36 @@ def test_the_automatic_progress_line_stays_silent_under_pytest(monkeypatch):
     assert _RecordingProgress.lines == []
     run(tabular(task), task, steps=1, progress=True)  # a one-step run has nothing left to show
     assert _RecordingProgress.lines == []
+
+
+def test_batched_streams_are_an_explicit_choice_with_their_own_guarantees():
+    """streams="batched": one generator for all seeds. Reproducible, identical to "per_seed" for one seed,
+    and, unlike "per_seed", a seed's run depends on how many seeds run with it."""
+    task = make_task("pick", length="short", template="#", template_mode="shared")
+    a = run(tabular(task, 3), task, streams="batched", seed=4)
+    b = run(tabular(task, 3), task, streams="batched", seed=4)
+    assert_same_history(a, b)
+    assert a.config["streams"] == "batched"
+    one_per_seed = run(tabular(task, 1), task, seed=4)
+    one_batched = run(tabular(task, 1), task, seed=4, streams="batched")
+    assert_same_history(one_per_seed, one_batched)
+    two = run(tabular(task, 2), task, streams="batched", seed=4)
+    assert not np.array_equal(two["reward"][:, 0], a["reward"][:, 0])  # seed 0 draws with its neighbours
+    per_seed = run(tabular(task, 3), task, seed=4)
+    assert_same_history(per_seed.seed(0), one_per_seed)
+    gru = make_task("pick")
+    assert_same_history(run(GRUPolicy.for_task(gru, seed=1), gru, lr=0.01, streams="batched"),
+                        run(GRUPolicy.for_task(gru, seed=1), gru, lr=0.01))
+    with pytest.raises(ValueError, match="streams"):
+        run(tabular(task), task, streams="shared")
+
+
+def test_the_default_optimizer_is_torch_adamw_bit_for_bit():
+    task = make_task("add", base=3, length="short")
+    ours, torchs = TabularPolicy.for_task(task, num_seeds=4), TabularPolicy.for_task(task, num_seeds=4)
+    h = run(ours, task, cp.Objective.preset("grpo_r1"), lr=0.3, steps=10)
+    h_torch = run(torchs, task, cp.Objective.preset("grpo_r1"), lr=0.3, steps=10,
+                  optimizer=lambda p: torch.optim.AdamW(p, lr=0.3))
+    assert torch.equal(ours.logits, torchs.logits)
+    assert_same_history(h, h_torch)
+    assert (ours.logits.detach() == 0).any()  # v = 0 somewhere: the zero-safe sqrt ran

@@ -277,3 +277,48 @@ def test_node_ids_by_the_recurrence():
     for t in range(6):
         assert torch.equal(policy.node_ids(completions)[..., t], sum(V**d for d in range(t)) + index)
         index = index * V + completions[..., t].clamp(max=V - 1)
+
+
+def _generate_reference(policy, task, prompt_idx, group_size, seed, prefix=None, max_new_tokens=None,
+                        min_new_tokens=None):
+    """What TinyGPT2Policy.sample did before it had a sampling loop of its own: ``model.generate``."""
+    from transformers import GenerationConfig
+
+    from companion.policies import _fill_after_eos
+
+    T = task.max_new_tokens if max_new_tokens is None else max_new_tokens
+    m = task.min_new_tokens if min_new_tokens is None else min_new_tokens
+    rng_seed = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(seed)))
+    prompts = task.prompts[prompt_idx[0]]
+    k = 0 if prefix is None else prefix.shape[-1]
+    inputs = prompts if prefix is None else torch.cat([prompts, prefix[0]], dim=1)
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T - k,
+                              min_new_tokens=max(m - k, 0), num_return_sequences=group_size,
+                              pad_token_id=policy.pad_id, eos_token_id=policy.eos_id,
+                              suppress_tokens=policy._extra_token_ids())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng_seed)
+        out = policy.model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config)
+    tokens = out[:, prompts.shape[1]:]
+    tokens = tokens.masked_fill(tokens == policy.pad_id, policy.eos_id)
+    tokens = torch.nn.functional.pad(tokens, (0, T - tokens.shape[1]), value=policy.eos_id)
+    return _fill_after_eos(tokens, policy.eos_id).unsqueeze(0)
+
+
+@pytest.mark.parametrize(("name", "options", "sample_options"), [
+    ("pick", {}, {}), ("pick", {"max_new_tokens": 16, "min_new_tokens": 16}, {}), ("copy", {"n": 3}, {}),
+    ("pick", {"template": "##", "template_mode": "shared"}, {"max_new_tokens": 2, "min_new_tokens": 2}),
+    ("pick", {"max_new_tokens": 10}, {"min_new_tokens": 0}),
+])
+def test_the_gpt2_sampler_draws_what_generate_draws(name, options, sample_options):
+    task = make_task(name, **options)
+    policy = TinyGPT2Policy.for_task(task, seed=3)
+    for seed in range(4):
+        prompt_idx = task.sample_prompts(3, torch.Generator().manual_seed(50 + seed)).unsqueeze(0)
+        ours = policy.sample(task, prompt_idx, 4, [torch.Generator().manual_seed(seed)], **sample_options)
+        theirs = _generate_reference(policy, task, prompt_idx, 4, seed, **sample_options)
+        assert torch.equal(ours, theirs), (name, seed)
+    prefix = torch.tensor([[[task.vocab.index("#")] * 2] * 3]) if "template" in options else None
+    if prefix is not None:
+        ours = policy.sample(task, prompt_idx, 4, [torch.Generator().manual_seed(9)], prefix=prefix)
+        assert torch.equal(ours, _generate_reference(policy, task, prompt_idx, 4, 9, prefix=prefix))
