@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as _torch_adam  # torch's functional AdamW: what its `step` calls
 
 DiagnosticsLevel = Literal["off", "cheap", "full"]
 LEVELS: tuple[str, ...] = ("off", "cheap", "full")
@@ -54,6 +55,12 @@ LEVELS: tuple[str, ...] = ("off", "cheap", "full")
 # small next to the work (2^16 made "full" 1.45x torch's step on the benchmark, 2^18 1.24x), short enough
 # that the three scratch vectors stay far below a large model's size.
 CHUNK = 1 << 18
+
+# Below this many elements the slow path of sqrt costs less than looking for zeros (`_sqrt`).
+SAFE_SQRT_SIZE = 1 << 14
+# Without diagnostics, parameters of at least this many elements take the chunked step (its temporaries stay
+# in cache); smaller ones take torch's own loop, which spends less Python per tensor.
+CHUNKED_STEP_SIZE = 1 << 16
 
 CHEAP_KEYS: tuple[str, ...] = (
     "grad_norm", "m_hat_norm", "precond_norm", "c_t", "sqrt_v_hat_min", "sqrt_v_hat_mean",
@@ -246,7 +253,7 @@ def _sqrt(v: Tensor, out: Tensor, work: Tensor) -> Tensor:
     """``torch.sqrt(v, out=out)``, bit for bit, avoiding the CPU kernel's slow path for exact zeros (about 3x
     slower on a vector that holds one: a tabular policy's never-reached logits keep v = 0). Zeros go through
     sqrt as ones and come back as 1 - 1 = 0; ``work`` (same size) holds the 0/1 indicator."""
-    if v.device.type != "cpu" or not bool(v.amin() == 0):  # v >= 0: its minimum is 0 iff it holds a 0
+    if v.numel() < SAFE_SQRT_SIZE or v.device.type != "cpu" or not bool(v.amin() == 0):  # v >= 0
         return torch.sqrt(v, out=out)
     zero = torch.eq(v, 0, out=work)  # 1.0 where v == 0 (a float result: bool ones are slower)
     return torch.add(v, zero, out=out).sqrt_().sub_(zero)
@@ -324,7 +331,7 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 loss = closure()
         if self._diagnostics == "off":
             for group in self.param_groups:
-                self._fused_group_step(group, "off")
+                self._plain_group_step(group)
             return loss
         self._steps_taken += 1
         full = self._diagnostics == "full"
@@ -386,6 +393,24 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 buffer.copy_(p)
 
     @torch.no_grad()
+    def _plain_group_step(self, group: dict[str, Any]) -> None:
+        """A step without statistics: parameters of ``CHUNKED_STEP_SIZE`` elements or more through the chunked
+        loop (no parameter-sized temporaries, no slow sqrt of zeros), the smaller ones through torch's own
+        loop (less Python per tensor). The same numbers either way."""
+        small = [p for p in group["params"] if p.grad is not None and p.numel() < CHUNKED_STEP_SIZE]
+        if small:
+            lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
+            has_complex = self._init_group({**group, "params": small}, *lists)
+            _torch_adam(*lists, foreach=group["foreach"], capturable=False, differentiable=False,
+                        fused=None, has_complex=has_complex, decoupled_weight_decay=True,
+                        amsgrad=group["amsgrad"], beta1=group["betas"][0], beta2=group["betas"][1],
+                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                        maximize=group["maximize"])
+        if len(small) < len(group["params"]):
+            large = [p for p in group["params"] if p.numel() >= CHUNKED_STEP_SIZE]
+            self._fused_group_step({**group, "params": large}, "off")
+
+    @torch.no_grad()
     def _fused_group_step(self, group: dict[str, Any], level: str) -> tuple[Tensor | None, float]:
         """torch's `_single_tensor_adam` (non-capturable branch), chunk by chunk, plus the statistics."""
         params: list[Tensor] = []
@@ -410,7 +435,8 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 tensors.append(max_exp_avg_sqs[i].view(-1))
             work = self._workspace(p)
             parts: list[Tensor] = []
-            for chunk in zip(*(x.split(CHUNK) for x in tensors), strict=True):
+            chunks = [tensors] if p.numel() <= CHUNK else zip(*(x.split(CHUNK) for x in tensors), strict=True)
+            for chunk in chunks:
                 parts += _adamw_chunk(*chunk[:4], chunk[4] if len(chunk) == 5 else None, work, hyper, level)
             if parts:
                 per_chunk = torch.stack(parts).view(-(-p.numel() // CHUNK), -1)

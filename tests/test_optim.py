@@ -532,3 +532,23 @@ def test_off_level_takes_the_chunked_step_when_groups_are_plain(monkeypatch):
     assert calls == [] and len(opt.history) == 0 and all(float(s["step"]) == 3 for s in opt.state.values())
     run(InstrumentedAdamW, make_params(torch.float32), 1, diagnostics="off", lr=torch.tensor(0.1))
     assert calls == [1]
+
+
+@pytest.mark.parametrize(("dtype", "weight_decay", "amsgrad", "foreach"), CONFIGS)
+def test_off_level_splits_parameters_by_size_and_stays_bit_identical(monkeypatch, dtype, weight_decay, amsgrad,
+                                                                      foreach):
+    """Without diagnostics, large parameters take the chunked loop (here: the one of TEST_CHUNK + 123
+    elements, in two chunks, with exact zeros of v through the zero-safe sqrt) and small ones torch's."""
+    monkeypatch.setattr(optim, "CHUNKED_STEP_SIZE", 1000)
+    monkeypatch.setattr(optim, "SAFE_SQRT_SIZE", 1000)
+    kwargs = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach)
+    chunked = []
+    original = optim._adamw_chunk
+    monkeypatch.setattr(optim, "_adamw_chunk", lambda *a: chunked.append(a[0].numel()) or original(*a))
+    ref, got = make_params(dtype), make_params(dtype)
+    run(torch.optim.AdamW, ref, 50, **kwargs)
+    opt = run(InstrumentedAdamW, got, 50, diagnostics="off", **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert set(chunked) == {TEST_CHUNK, 123} and len(opt.history) == 0
+    state = opt.state[got[0]]
+    assert (state["exp_avg_sq"].view(-1)[::3] == 0).all()  # the zeros the sqrt went around
