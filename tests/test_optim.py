@@ -535,8 +535,8 @@ def test_off_level_takes_the_chunked_step_when_groups_are_plain(monkeypatch):
 
 
 @pytest.mark.parametrize(("dtype", "weight_decay", "amsgrad", "foreach"), CONFIGS)
-def test_off_level_splits_parameters_by_size_and_stays_bit_identical(monkeypatch, dtype, weight_decay, amsgrad,
-                                                                      foreach):
+def test_off_level_splits_parameters_by_size_and_stays_bit_identical(monkeypatch, dtype, weight_decay,
+                                                                      amsgrad, foreach):
     """Without diagnostics, large parameters take the chunked loop (here: the one of TEST_CHUNK + 123
     elements, in two chunks, with exact zeros of v through the zero-safe sqrt) and small ones torch's."""
     monkeypatch.setattr(optim, "CHUNKED_STEP_SIZE", 1000)
