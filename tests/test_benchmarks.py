@@ -1,7 +1,8 @@
 """The hand-written baselines of benchmarks/ compute what the lab computes, record for record (so the ratios
-in benchmarks/run.py compare the same work), and the runner prints every ratio (a quick run, no timing
-asserted)."""
+in benchmarks/run.py compare the same work), and benchmarks/gpu_check.py runs end to end on the CPU, chapters,
+lab timing and every ratio (a quick run; no timing is asserted)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,10 +47,32 @@ def test_the_hand_written_gpt2_step_samples_and_trains_as_the_lab():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_the_runner_prints_every_ratio_in_a_quick_run():
-    out = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "all", "--quick"], capture_output=True,
-                         text=True, check=True, timeout=600)
-    ratios = [line for line in out.stdout.splitlines() if "ratio" in line]
-    for name in ("lab_tabular", "lab_gpt2", "objective", "optimizer"):
-        assert any(line.startswith(name) for line in ratios), (name, out.stdout)
+def test_the_gpu_check_runs_on_the_cpu_in_a_cheap_mode(tmp_path):
+    """benchmarks/gpu_check.py end to end on the CPU (CUDA hidden): a tiny chapter that trains a few steps
+    on whatever device the lab picks, one that fails, the lab timing and the quick benchmarks."""
+    import nbformat
+
+    good = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import companion as cp\n"
+        "task = cp.make_task('pick')\n"
+        "h = cp.lab.train(cp.TabularPolicy.for_task(task, num_seeds=2), task, cp.Objective.preset('grpo'),"
+        " steps=2)\n"
+        "assert h.config['device'] == str(cp.lab.resolve_device())")])
+    bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise ValueError('broken chapter')")])
+    for name, notebook in (("ch98_good.ipynb", good), ("ch99_bad.ipynb", bad)):
+        nbformat.write(notebook, tmp_path / name)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(BENCHMARKS.parent)}
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--quick", "--chapters",
+                          str(tmp_path / "ch98_good.ipynb"), str(tmp_path / "ch99_bad.ipynb")],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 1, out.stderr  # the broken chapter is reported, and fails the check
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("# device: cpu")
+    assert any(line.startswith("chapter ch98_good ") and line.endswith(" ok") for line in lines)
+    assert any(line.startswith("chapter ch99_bad ") and "broken chapter" in line for line in lines)
+    assert any(line.startswith("lab_tabular_8_seeds_10_steps_cpu ") for line in lines)
+    ratios = [line for line in lines if "_ratio " in line]  # benchmarks/run.py all --quick, every ratio
+    for name in ("lab_tabular", "lab_tabular_fast", "lab_gpt2", "objective_grpo",
+                 "optimizer_full_foreach_False"):
+        assert any(line.startswith(f"{name}_ratio ") for line in ratios), (name, out.stdout)
     assert all(float(line.split()[1]) > 0 for line in ratios)

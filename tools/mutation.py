@@ -45,12 +45,14 @@ process_isolation = "forkserver"
 
 
 def prepare(module: str, workdir: Path) -> None:
-    """A fresh scratch copy of the package, the tests and pyproject.toml (with the mutmut section)."""
+    """A fresh scratch copy of the package, the tests, the book's text and pyproject.toml (with the mutmut
+    section)."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    for name in ("companion", "tests"):
-        shutil.copytree(ROOT / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("companion", "tests", "book"):  # book: the bibliography and pages some tests read
+        shutil.copytree(ROOT / name, workdir / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "_build", "_vendor", "*.ipynb"))
     pyproject = (ROOT / "pyproject.toml").read_text() + CONFIG.format(module=module)
     (workdir / "pyproject.toml").write_text(pyproject)
 
@@ -97,6 +99,11 @@ def main(argv: list[str]) -> int:
         drawn = names if args.sample <= 0 or args.sample >= len(names) else \
             sorted(random.Random(args.seed).sample(names, args.sample))
         codes = run_mutmut(workdir, drawn, args.jobs)
+        if all(code is None for code in codes.values()):
+            print(f"{module:10s} mutmut ran no mutant: do the module's tests pass in {workdir}? "
+                  f"(cd there and run: pytest tests/test_{module}.py)", flush=True)
+            below_target = True
+            continue
         killed = [n for n, c in codes.items() if c in KILLED_CODES]
         survived = sorted(set(drawn) - set(killed))
         score = len(killed) / len(drawn)
