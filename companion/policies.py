@@ -244,16 +244,18 @@ class TabularPolicy(nn.Module):
         self._check(task, completions.shape[-1])
         rows = self._row_base(prompt_idx.to(completions.device)).unsqueeze(-1) + self.node_ids(completions)
         mask = task.completion_mask(completions).to(self.logits.dtype)
-        if self.logits.requires_grad:
+        trained = self.logits.requires_grad
+        if trained and (torch.is_grad_enabled() or rows.numel() < self.logits[..., 0].numel()):
             return _token_logprobs(self._rows(rows), completions, mask, self.eos_id, m)
         logp_table, entropy_table = self._frozen_tables(m)
         return _pick(self._rows(rows, logp_table), completions, mask), entropy_table.view(-1)[rows] * mask
 
     @torch.no_grad()
     def _frozen_tables(self, min_new_tokens: int) -> tuple[Tensor, Tensor]:
-        """log pi of every node's next token, and every node's entropy, for frozen logits (no gradient: the
-        lab's pi_ref), computed again only when the logits change: row by row the same operations as on a
-        batch of completions, so the same numbers."""
+        """log pi of every node's next token, and every node's entropy, computed again only when the logits
+        change: row by row the same operations as on a batch of completions, so the same numbers. Used when no
+        gradient is needed and the logits are frozen (the lab's pi_ref) or the query has more rows than the
+        table (an exact expectation over every completion)."""
         key = (self.logits._version, self.logits.data_ptr(), min_new_tokens)
         if self._frozen_table is None or self._frozen_table[0] != key:
             device, V = self.logits.device, len(self.vocab)

@@ -322,3 +322,21 @@ def test_the_gpt2_sampler_draws_what_generate_draws(name, options, sample_option
     if prefix is not None:
         ours = policy.sample(task, prompt_idx, 4, [torch.Generator().manual_seed(9)], prefix=prefix)
         assert torch.equal(ours, _generate_reference(policy, task, prompt_idx, 4, 9, prefix=prefix))
+
+
+def test_a_query_larger_than_the_table_reads_it_without_gradients():
+    """An exact expectation enumerates every completion: under no_grad the table path answers (more rows
+    queried than the table has), with the numbers of the gathered path."""
+    task = make_task("add", base=3, length="short")
+    policy = TabularPolicy.for_task(task, num_seeds=2, init_scale=2.0, seed=1)
+    seqs = policy.sequences(task)
+    prompt_idx = torch.arange(task.num_prompts).repeat_interleave(len(seqs)).expand(2, -1)
+    completions = seqs.repeat(task.num_prompts, 1).expand(2, -1, -1)
+    logp, entropy = policy.logprobs(task, prompt_idx, completions)
+    assert logp.requires_grad and policy._frozen_table is None
+    with torch.no_grad():
+        table_logp, table_entropy = policy.logprobs(task, prompt_idx, completions)
+        assert policy._frozen_table is not None
+        small = policy.logprobs(task, prompt_idx[:, :3], completions[:, :3])[0]
+    assert torch.equal(logp.detach(), table_logp) and torch.equal(entropy, table_entropy)
+    assert torch.equal(small, table_logp[:, :3])
