@@ -397,3 +397,54 @@ def test_the_default_optimizer_is_torch_adamw_bit_for_bit():
     assert torch.equal(ours.logits, torchs.logits)
     assert_same_history(h, h_torch)
     assert (ours.logits.detach() == 0).any()  # v = 0 somewhere: the zero-safe sqrt ran
+
+
+def test_the_config_records_every_choice():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, cp.Objective.preset("dapo"), seed=3, sampling="fixed", streams="batched")
+    assert h.config == dict(task="pick", objective="dapo", steps=6, group_size=4, prompts_per_step=3,
+                            inner_steps=2, seed=3, sampling="fixed", device="cpu", streams="batched")
+    assert run(tabular(task), task, steps=1).config["objective"] == "PlainClipped"  # no name: the class
+
+
+def test_zero_steps_give_an_empty_history():
+    task = make_task("pick")
+    policy = tabular(task, 2)
+    before = policy.logits.detach().clone()
+    h = run(policy, task, steps=0)
+    assert len(h) == 0 and h["outer_step"].shape == (0,) and torch.equal(policy.logits, before)
+
+
+class WithExtras(PlainClipped):
+    """Its output carries a per-token tensor and a string beside the scalars: only scalars are recorded."""
+
+    def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None):
+        out = super().loss(logprobs, old_logprobs, adv, mask, ref_logprobs)
+        out.per_token = torch.ones_like(mask)
+        out.note = "not a tensor"
+        out.scalar_with_grad = logprobs.sum() * 0
+        return out
+
+
+def test_only_scalar_tensors_of_a_custom_objective_are_recorded_and_detached():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, WithExtras())
+    assert {"loss", "clip_fraction_low", "clip_fraction_high", "scalar_with_grad"} <= set(h.keys())
+    assert "per_token" not in h and "note" not in h
+    assert h["scalar_with_grad"].shape == (12, 2)
+
+
+def test_optimizer_columns_keep_the_totals_not_the_groups():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, optimizer=lambda p: cp.InstrumentedAdamW(p, lr=0.1))
+    assert "opt_grad_norm" in h and not any("/" in key for key in h)
+
+
+def test_a_sampled_template_is_sampled_per_completion_not_per_group():
+    task = make_task("pick", template="##", template_mode="sampled")
+    policy = TabularPolicy.for_task(task, init_scale=0.5)
+    generators = [torch.Generator().manual_seed(0)]
+    batch = lab._rollout(policy, copy.deepcopy(policy), task, PlainClipped(), generators, 6, 4, "on_policy",
+                         torch.device("cpu"))
+    heads = batch.completions[0, :, :2].reshape(6, 4, 2)
+    assert not (heads == heads[:, :1]).all()  # the completions of a group do not share their first tokens

@@ -552,3 +552,53 @@ def test_off_level_splits_parameters_by_size_and_stays_bit_identical(monkeypatch
     assert set(chunked) == {TEST_CHUNK, 123} and len(opt.history) == 0
     state = opt.state[got[0]]
     assert (state["exp_avg_sq"].view(-1)[::3] == 0).all()  # the zeros the sqrt went around
+
+
+def test_step_returns_none_or_the_closure_s_loss_at_every_level():
+    for level in ("off", "cheap", "full"):
+        params = make_params(torch.float32)
+        opt = InstrumentedAdamW(params, diagnostics=level)
+        set_grads(params, torch.Generator().manual_seed(0))
+        assert opt.step() is None
+        assert opt.step(lambda: 3.5) == 3.5
+
+
+def test_a_step_without_any_gradient_records_no_totals():
+    params = make_params(torch.float32)
+    opt = InstrumentedAdamW(params, diagnostics="full")
+    opt.step()  # nothing had a gradient
+    assert len(opt.history) == 1 and "grad_norm" not in opt.history and opt.history["step"][0] == 1.0
+
+
+def test_a_zero_update_has_an_undefined_cosine_not_an_error():
+    params = make_params(torch.float64)
+    opt = InstrumentedAdamW(params, diagnostics="full", weight_decay=0.0)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert opt.history["update_norm"][0] == 0.0 and math.isnan(opt.history["cos_update_neg_grad"][0])
+
+
+def test_maximize_on_torch_s_step_flips_the_cosine():
+    """With maximize torch ascends along +grad: cos(Δθ, −g_eff) stays positive on the read-the-state path."""
+    for tensor_lr in (False, True):
+        params = make_params(torch.float64)
+        lr = torch.tensor(1e-2) if tensor_lr else 1e-2
+        opt = run(InstrumentedAdamW, params, 3, lr=lr, maximize=True, diagnostics="full", foreach=False)
+        assert opt.history["cos_update_neg_grad"][-1] > 0.5, tensor_lr
+
+
+def test_complex_parameters_take_torch_step_and_report_real_statistics():
+    gen = torch.Generator().manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(6, dtype=torch.complex64, generator=gen))]
+    got = [torch.nn.Parameter(ref[0].detach().clone())]
+    opts = [torch.optim.AdamW(ref, foreach=False), InstrumentedAdamW(got, foreach=False, diagnostics="full")]
+    for _ in range(5):
+        grad = torch.randn(6, dtype=torch.complex64, generator=gen)
+        for params, opt in zip((ref, got), opts, strict=True):
+            params[0].grad = grad.clone()
+            opt.step()
+    assert torch.equal(ref[0], got[0])
+    h = opts[1].history
+    assert h["grad_norm"][-1] == pytest.approx(torch.view_as_real(grad).norm().item(), rel=1e-6)
+    assert np.isfinite(h["cos_update_neg_grad"]).all()
