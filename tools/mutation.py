@@ -39,6 +39,7 @@ source_paths = ["companion"]
 only_mutate = ["companion/{module}.py"]
 pytest_add_cli_args_test_selection = ["tests/test_{module}.py"]
 pytest_add_cli_args = ["-p", "no:cacheprovider"]
+also_copy = ["book"]
 do_not_mutate_patterns = ["raise "]
 process_isolation = "forkserver"
 """
