@@ -312,7 +312,7 @@ def _optimizer_columns(optimizer: torch.optim.Optimizer, first_row: int, rows: i
 def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: OptimizerSpec = None, lr: float = 1e-2,
           steps: int = 50, group_size: int = 8, prompts_per_step: int = 4, inner_steps: int = 1,
           seed: int = 0, sampling: Sampling = "on_policy", device: str | torch.device | None = None,
-          progress: bool | None = None, streams: Streams = "per_seed") -> History:
+          progress: bool | None = None, streams: Streams = "per_seed", kl_ref: bool = True) -> History:
     """Train ``policy`` on ``task`` with ``objective`` for ``steps`` outer steps; return the History.
 
     optimizer: a torch optimizer over ``policy.parameters()``, a callable ``params -> optimizer`` (e.g.
@@ -329,12 +329,17 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
         few seconds, outside pytest.
     streams: ``"per_seed"`` (seed s's random numbers from its own generator, ``seed + s``: its records equal a
         single-seed run's) or ``"batched"`` (all seeds from one generator: faster, S-dependent).
+    kl_ref: record ``kl_ref``, the KL to pi_ref (the policy at the start). False skips pi_ref's forward pass
+        and the column, unless the objective uses pi_ref (a companion Objective with beta > 0; a custom
+        objective then gets ``ref_logprobs=None``), and the frozen copy unless ``sampling="fixed"``.
     """
     _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling, streams)
     dev = resolve_device(device)
     with cpu_threads(dev):
         policy.to(dev)
-        reference = copy.deepcopy(policy).requires_grad_(False)
+        reference_logprobs = kl_ref or _uses_reference(objective)
+        reference = copy.deepcopy(policy).requires_grad_(False) \
+            if reference_logprobs or sampling == "fixed" else None
         opt = _build_optimizer(optimizer, [p for p in policy.parameters() if p.requires_grad], lr)
         generators = _generators(seed, policy.num_seeds, streams)
         first_opt_row = len(getattr(opt, "history", ()))
@@ -344,7 +349,7 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
             if callable(getattr(opt, "new_batch", None)):
                 opt.new_batch()  # InstrumentedAdamW's hook (counts batches, optionally resets moments)
             batch = _rollout(policy, reference, task, objective, generators, prompts_per_step, group_size,
-                             sampling, dev)
+                             sampling, dev, reference_logprobs)
             for _ in range(inner_steps):
                 for name, value in _inner_step(policy, task, objective, opt, batch).items():
                     records.setdefault(name, []).append(value)
@@ -371,7 +376,7 @@ class Batch:
     rewards: Tensor  # (S, N)
     correct: Tensor  # (S, N)
     advantages: Tensor  # (S, N)
-    ref_logprobs: Tensor  # (S, N, T)
+    ref_logprobs: Tensor | None  # (S, N, T), or None when nothing uses pi_ref
     group_size: int
     old_logprobs: Tensor | None = None  # (S, N, T), set by the first inner step
     padding: Tensor = field(init=False)  # (S, N, T) mask == 0
@@ -386,22 +391,28 @@ class Batch:
                         "tied_fraction": _tied_fraction(self.rewards, self.group_size)}
 
 
+def _uses_reference(objective: Any) -> bool:
+    """Whether the loss reads pi_ref: a companion Objective with a KL term (any other objective: unknown)."""
+    return isinstance(objective, Objective) and objective.beta > 0 and objective.kl is not None
+
+
 @torch.no_grad()
-def _rollout(policy: nn.Module, reference: nn.Module, task: Task, objective: Any,
+def _rollout(policy: nn.Module, reference: nn.Module | None, task: Task, objective: Any,
              generators: Generators, prompts_per_step: int, group_size: int, sampling: str,
-             device: torch.device) -> Batch:
-    """Sample B prompts x G completions, score them, and compute pi_ref log-probs (pi_old comes from the
-    first inner step's forward pass, where theta = theta_old)."""
+             device: torch.device, reference_logprobs: bool = True) -> Batch:
+    """Sample B prompts x G completions, score them, and compute pi_ref log-probs when asked (pi_old comes
+    from the first inner step's forward pass, where theta = theta_old)."""
     sampler = policy if sampling == "on_policy" else reference
     prompts = _sample_prompts(task, generators, policy.num_seeds, prompts_per_step).to(device)
     prefix = _prefix(sampler, task, prompts, generators)
     completions = sampler.sample(task, prompts, group_size, generators, prefix=prefix)
     prompt_idx = prompts.repeat_interleave(group_size, dim=1)
-    ref, _ = reference.logprobs(task, prompt_idx, completions)
-    rewards = task.reward(prompt_idx, completions).to(ref.dtype)
-    mask = task.completion_mask(completions).to(ref.dtype)
+    ref = reference.logprobs(task, prompt_idx, completions)[0] if reference_logprobs else None
+    dtype = next(policy.parameters()).dtype if ref is None else ref.dtype
+    rewards = task.reward(prompt_idx, completions).to(dtype)
+    mask = task.completion_mask(completions).to(dtype)
     return Batch(prompt_idx=prompt_idx, completions=completions, mask=mask, rewards=rewards,
-                 correct=task.is_correct(prompt_idx, completions).to(ref.dtype),
+                 correct=task.is_correct(prompt_idx, completions).to(dtype),
                  advantages=seedwise_advantages(objective, rewards, group_size, mask), ref_logprobs=ref,
                  group_size=group_size)
 
@@ -422,15 +433,13 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     fields = {name: value.detach() if value.requires_grad else value for name, value in fields.items()}
     lp = logp.detach()
     ratio = (lp - b.old_logprobs).exp()
-    return {
-        **b.records,
-        "entropy": _masked_mean(entropy, b.mask, b.token_count),
-        "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask, b.token_count),
-        "kl_ref": _masked_mean(_k3(b.ref_logprobs - lp), b.mask, b.token_count),
-        "ratio_min": _masked_extreme(ratio, b.padding, largest=False),
-        "ratio_max": _masked_extreme(ratio, b.padding, largest=True),
-        **fields,
-    }
+    row = {**b.records, "entropy": _masked_mean(entropy, b.mask, b.token_count),
+           "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask, b.token_count)}
+    if b.ref_logprobs is not None:
+        row["kl_ref"] = _masked_mean(_k3(b.ref_logprobs - lp), b.mask, b.token_count)
+    row["ratio_min"] = _masked_extreme(ratio, b.padding, largest=False)
+    row["ratio_max"] = _masked_extreme(ratio, b.padding, largest=True)
+    return {**row, **fields}
 
 
 def _stack(records: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:

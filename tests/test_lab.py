@@ -3,7 +3,6 @@
 import copy
 import os
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -324,12 +323,14 @@ def test_an_objective_s_bad_input_is_named_in_a_multi_seed_run():
     assert run(tabular(task, 2), task, cp.Objective.preset("grpo"), steps=1)["loss"].shape == (2, 2)
 
 
+_PROGRESS_LINES: list = []
+
+
 class _RecordingProgress:
-    lines: ClassVar[list] = []
 
     def __init__(self, total, desc="", *, started=None):
         self.total, self.desc, self.done, self.closed = total, desc, 0, False
-        _RecordingProgress.lines.append(self)
+        _PROGRESS_LINES.append(self)
 
     def update(self, n=1):
         self.done += n
@@ -345,25 +346,25 @@ def test_the_progress_line_opens_by_itself_on_long_runs_outside_pytest(monkeypat
     monkeypatch.setattr(lab, "under_pytest", lambda: False)
     monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", after_seconds)
     monkeypatch.setattr(lab, "Progress", _RecordingProgress)
-    _RecordingProgress.lines = []
+    _PROGRESS_LINES.clear()
     task = make_task("pick")
     run(tabular(task), task, steps=5, progress=progress)
     if not shown:
-        assert _RecordingProgress.lines == []
+        assert _PROGRESS_LINES == []
         return
-    (line,) = _RecordingProgress.lines
+    (line,) = _PROGRESS_LINES
     assert (line.total, line.desc, line.done, line.closed) == (5, "train", 5, True)
 
 
 def test_the_automatic_progress_line_stays_silent_under_pytest(monkeypatch):
     monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", 0.0)
     monkeypatch.setattr(lab, "Progress", _RecordingProgress)
-    _RecordingProgress.lines = []
+    _PROGRESS_LINES.clear()
     task = make_task("pick")
     run(tabular(task), task, steps=3)
-    assert _RecordingProgress.lines == []
+    assert _PROGRESS_LINES == []
     run(tabular(task), task, steps=1, progress=True)  # a one-step run has nothing left to show
-    assert _RecordingProgress.lines == []
+    assert _PROGRESS_LINES == []
 
 
 def test_batched_streams_are_an_explicit_choice_with_their_own_guarantees():
@@ -448,3 +449,33 @@ def test_a_sampled_template_is_sampled_per_completion_not_per_group():
                          torch.device("cpu"))
     heads = batch.completions[0, :, :2].reshape(6, 4, 2)
     assert not (heads == heads[:, :1]).all()  # the completions of a group do not share their first tokens
+
+
+def test_kl_ref_false_skips_the_reference_only_where_nothing_uses_it():
+    task = make_task("pick", length="short")
+    with_ref, without = tabular(task, 2), tabular(task, 2)
+    h = run(with_ref, task, cp.Objective.preset("grpo"))
+    h_skip = run(without, task, cp.Objective.preset("grpo"), kl_ref=False)
+    assert "kl_ref" in h and "kl_ref" not in h_skip
+    assert torch.equal(with_ref.logits, without.logits)  # beta = 0: the same training
+    assert_same_history(h_skip, lab.History({k: v for k, v in h.columns.items() if k != "kl_ref"}, 2))
+    # an objective with a KL term still gets pi_ref (and the column comes free)
+    r1 = cp.Objective.preset("grpo_r1")
+    a, b = tabular(task, 2), tabular(task, 2)
+    assert_same_history(run(a, task, r1), run(b, task, r1, kl_ref=False))
+    # fixed sampling samples from pi_ref; a custom objective gets ref_logprobs=None
+    seen = []
+
+    class Spy(PlainClipped):
+        def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None):
+            seen.append(ref_logprobs)
+            return super().loss(logprobs, old_logprobs, adv, mask, ref_logprobs)
+
+    fixed = run(tabular(task, 2), task, Spy(), sampling="fixed", kl_ref=False, steps=2)
+    assert "kl_ref" not in fixed and all(r is None for r in seen)
+    gpt = make_task("pick")
+    h_gpt = lab.train(TinyGPT2Policy.for_task(gpt, seed=0), gpt, cp.Objective.preset("grpo"), steps=2,
+                      group_size=4, prompts_per_step=2, lr=1e-3, device="cpu", kl_ref=False)
+    h_gpt_ref = lab.train(TinyGPT2Policy.for_task(gpt, seed=0), gpt, cp.Objective.preset("grpo"), steps=2,
+                          group_size=4, prompts_per_step=2, lr=1e-3, device="cpu")
+    np.testing.assert_array_equal(h_gpt["loss"], h_gpt_ref["loss"])
