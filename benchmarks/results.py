@@ -15,7 +15,7 @@ class Row:
     what: str  # what is timed, in words
     ours: Timing
     baseline: Timing
-    target: float  # the ratio to stay at or under
+    target: float | None  # the ratio to stay at or under (None: information, more work than the baseline)
     unit: str = "ms"  # how the absolute times are shown
 
     @property
@@ -26,7 +26,8 @@ class Row:
     def lines(self) -> list[str]:
         """``name value unit`` lines: the ratio, then the absolute times (information only)."""
         scale = SCALE[self.unit]
-        return [f"{self.name}_ratio {self.ratio:.3f} x (target <= {self.target})",
+        target = "no target" if self.target is None else f"target <= {self.target}"
+        return [f"{self.name}_ratio {self.ratio:.3f} x ({target})",
                 f"{self.name}_companion_cpu {self.ours.cpu * scale:.3f} {self.unit}",
                 f"{self.name}_baseline_cpu {self.baseline.cpu * scale:.3f} {self.unit}",
                 f"{self.name}_companion_wall {self.ours.wall * scale:.3f} {self.unit}",

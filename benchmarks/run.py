@@ -52,7 +52,8 @@ def markdown(rows_by_repeat: list[list], repeats: int) -> str:
         base = statistics.median(rows[index].baseline.cpu for rows in rows_by_repeat) * scale
         spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if repeats > 1 else "–"
         lines.append(f"| {row.what} | {ours:.3g} {row.unit} | {base:.3g} {row.unit} | "
-                     f"**{statistics.median(ratios):.2f}×** | {spread} | ≤ {row.target} |")
+                     f"**{statistics.median(ratios):.2f}×** | {spread} | "
+                     f"{'–' if row.target is None else f'≤ {row.target}'} |")
     return "\n".join(lines)
 
 
@@ -83,8 +84,9 @@ def main(argv: list[str]) -> None:
         if args.repeats > 1:
             for index, row in enumerate(rows_by_repeat[0]):
                 ratios = [rows[index].ratio for rows in rows_by_repeat]
+                target = "no target" if row.target is None else f"target <= {row.target}"
                 print(f"{row.name}_ratio_median {statistics.median(ratios):.3f} x over {args.repeats} runs "
-                      f"(spread {min(ratios):.3f}-{max(ratios):.3f}; target <= {row.target})", flush=True)
+                      f"(spread {min(ratios):.3f}-{max(ratios):.3f}; {target})", flush=True)
         if args.markdown:
             print(f"\n{markdown(rows_by_repeat, args.repeats)}\n", flush=True)
 
