@@ -302,12 +302,12 @@ class Objective:
             _check_loss_inputs(self, logprobs, old_logprobs, advantages, mask, ref_logprobs, tokens,
                                entropies, group_size, finite=False, batch_dims=batch_dims)
         dtype = torch.float32 if logprobs.dtype in (torch.float16, torch.bfloat16) else logprobs.dtype
-        lp = logprobs.to(dtype)
-        old = old_logprobs.to(dtype).detach()
-        m = mask.to(dtype)
-        adv = advantages.to(dtype).detach()
+        lp = _as(logprobs, dtype)
+        old = _as(old_logprobs, dtype, detach=True)
+        m = _as(mask, dtype)
+        adv = _as(advantages, dtype, detach=True)
         adv = adv.unsqueeze(-1) if adv.dim() == lp.dim() - 1 else adv
-        ref = None if ref_logprobs is None else ref_logprobs.to(dtype).detach()
+        ref = None if ref_logprobs is None else _as(ref_logprobs, dtype, detach=True)
         out = LossOutput(_Context(self, lp, old, adv, m, ref, tokens, entropies, group_size,
                                   read_values=validate))
         if validate and not _all_finite(out.loss):
@@ -333,6 +333,7 @@ class _Context:
     entropies: Tensor | None
     group_size: int | None
     read_values: bool = False  # may look at values (not under vmap): skips the cap when nothing reaches it
+    _lengths: Tensor | None = field(init=False, default=None)
     log_ratio: Tensor = field(init=False)  # log π/π_old per token, clamped
     seq_log_ratio: Tensor | None = field(init=False)  # (N, 1) at sequence level, else None
     s: Tensor = field(init=False)  # the ratio s_{i,t} of Eq. 3 (value s_i on every token at sequence level)
@@ -364,10 +365,12 @@ class _Context:
             keep = keep * _gtpo_weights(self)
         self.token_factor = None if isinstance(keep, float) else keep
 
-    @cached_property
+    @property
     def lengths(self) -> Tensor:
-        """|o_i|, (N, 1)."""
-        return self.mask.sum(-1, keepdim=True)
+        """|o_i|, (N, 1) (computed on first use)."""
+        if self._lengths is None:
+            self._lengths = self.mask.sum(-1, keepdim=True)
+        return self._lengths
 
     @property
     def alpha(self) -> Tensor:
@@ -403,9 +406,16 @@ class LossOutput:
     def __init__(self, ctx: _Context) -> None:
         self._ctx = ctx
         self.policy_loss = _policy_loss(ctx)
-        self.regulariser = _regulariser(ctx)
         has_regulariser = ctx.objective.beta > 0 or ctx.objective.entropy_coef > 0
-        self.loss = self.policy_loss + self.regulariser if has_regulariser else self.policy_loss
+        self._regulariser = _regulariser(ctx) if has_regulariser else None
+        self.loss = self.policy_loss + self._regulariser if has_regulariser else self.policy_loss
+
+    @property
+    def regulariser(self) -> Tensor:
+        """β R (zero when the objective has none)."""
+        if self._regulariser is None:
+            self._regulariser = self.policy_loss.new_zeros(self.policy_loss.shape)
+        return self._regulariser
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v.item():.4g}" for k, v in self.scalars().items())
@@ -547,9 +557,15 @@ def _cap(log_ratio: Tensor, cap: float, read_values: bool = False) -> Tensor:
     """min(log_ratio, cap) in value, identity in gradient (no backward cost: verl's clamp costs a third of a
     GRPO loss's backward pass on CPU). ``read_values``: first look whether any value reaches the cap; when
     none does (the usual case) the result is ``log_ratio`` itself, the same numbers without three passes."""
-    if read_values and (log_ratio.numel() == 0 or bool(log_ratio.detach().max() <= cap)):
+    if read_values and (log_ratio.numel() == 0 or log_ratio.detach().max().item() <= cap):
         return log_ratio
     return log_ratio - (log_ratio - cap).clamp(min=0).detach()
+
+
+def _as(x: Tensor, dtype: torch.dtype, detach: bool = False) -> Tensor:
+    """``x.to(dtype)`` (and detached), without a call when it is already so."""
+    x = x if x.dtype == dtype else x.to(dtype)
+    return x.detach() if detach and x.requires_grad else x
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -567,9 +583,9 @@ def row_weights(kind: str, mask: Tensor, constant_length: float | None = None,
     n, horizon = mask.shape[-2:]
     if kind in PER_ROW_AGGREGATIONS:
         lengths = mask.sum(-1, keepdim=True) if lengths is None else lengths
-        return 1.0 / (n * lengths.clamp(min=1))
+        return (n * lengths.clamp(min=1)).reciprocal()  # = 1.0 / x, bit for bit, without Python's __rdiv__
     if kind == "token_mean":
-        return 1.0 / mask.sum((-2, -1), keepdim=True).clamp(min=1)
+        return mask.sum((-2, -1), keepdim=True).clamp(min=1).reciprocal()
     if kind == "token_sum":
         return 1.0
     if kind == "seq_mean_token_sum":
