@@ -806,7 +806,7 @@ def _is_zero_one(mask: Tensor) -> bool:
 
 
 def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: Tensor | None,
-                   batch_dims: int = 0) -> None:
+                   batch_dims: int) -> None:
     _check_float_tensor("rewards", rewards)
     if rewards.dim() != 1 + batch_dims:
         expected = "1-D (N,)" if batch_dims == 0 else f"(..., N) with {batch_dims} batch dim(s)"

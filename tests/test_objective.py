@@ -698,3 +698,50 @@ def test_batch_dims_shapes_are_checked():
         obj.loss(bad, two["old"], adv, two["mask"], two["ref"], batch_dims=1)
     out = obj.loss(two["lp"], two["old"], adv, two["mask"], two["ref"], batch_dims=1)
     assert out.loss.shape == (2,) and torch.equal(out.loss[0], out.loss[1])
+
+
+# --- issue 13: survivors of the objective mutation sample (perf) -----------------------------------------
+def test_cispo_counts_the_tokens_whose_is_weight_is_clipped():
+    b = batch(31)
+    lp = b["lp"].clone()
+    lp[1] = b["old"][1] + 2.0  # s = e^2 > 5: CISPO's IS weight is clipped on every token of row 1
+    obj = cp.Objective.preset("cispo", is_weight_low=0.5)
+    out = objective_loss(obj, b, lp)
+    s = (lp - b["old"]).exp()
+    tokens = b["mask"].sum()
+    assert out.clip_fraction_high.item() == pytest.approx(((s > 5.0) * b["mask"]).sum() / tokens)
+    assert out.clip_fraction_low.item() == pytest.approx(((s < 0.5) * b["mask"]).sum() / tokens)
+    assert out.clip_fraction_high > 0 and out.clip_fraction_low > 0
+
+
+def test_verl_low_var_kl_clamps_the_log_ratio_at_20_and_the_value_at_10():
+    from companion.objective import kl_estimate
+
+    lp = torch.tensor([[-30.0, -20.5, 0.0, 20.5]], dtype=torch.float64)
+    ref = torch.zeros_like(lp)
+    value = kl_estimate("k3", lp, ref, clamped=True)
+    x = (ref - lp).clamp(-20.0, 20.0)
+    torch.testing.assert_close(value, (torch.expm1(x) - x).clamp(-10.0, 10.0), rtol=0, atol=0)
+    assert value[0].tolist() == [10.0, 10.0, 0.0, 10.0]  # verl's bounds bind at both ends
+    assert kl_estimate("k3", lp, ref)[0, 3].item() == pytest.approx(math.expm1(-20.5) + 20.5)  # unclamped
+
+
+def test_a_constant_length_sets_the_constant_weights():
+    b = batch(32)
+    obj = cp.Objective(aggregation="constant", constant_length=10.0)
+    out = objective_loss(obj, b, b["lp"])
+    torch.testing.assert_close(out.alpha, b["mask"] / (12 * 10.0), rtol=0, atol=0)
+    no_length = objective_loss(cp.Objective(aggregation="constant"), b, b["lp"])
+    torch.testing.assert_close(no_length.alpha, b["mask"] / (12 * b["mask"].shape[1]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    (dict(is_weight_high=0.0), "is_weight_high"), (dict(is_weight_high=-1.0), "is_weight_high"),
+    (dict(adv_threshold=-0.5), "adv_threshold"), (dict(is_weight_low=-0.1), "is_weight_low"),
+    (dict(token_mask="trust_region", clip_low=None), "trust_region"),
+    (dict(token_mask="trust_region", clip_high=None), "trust_region"),
+])
+def test_more_bad_fields_are_named(fields, match):
+    with pytest.raises(ValueError, match=match):
+        cp.Objective(**fields)
+    assert cp.Objective(token_mask="trust_region").token_mask == "trust_region"
