@@ -745,3 +745,79 @@ def test_more_bad_fields_are_named(fields, match):
     with pytest.raises(ValueError, match=match):
         cp.Objective(**fields)
     assert cp.Objective(token_mask="trust_region").token_mask == "trust_region"
+
+
+def test_old_logprobs_and_advantages_never_carry_gradient():
+    b = batch(33)
+    obj = cp.Objective.preset("grpo_r1")
+    old = b["old"].clone().requires_grad_(True)
+    adv = obj.advantages(b["rewards"], 4).requires_grad_(True)
+    lp = b["lp"].clone().requires_grad_(True)
+    out = obj.loss(lp, old, adv, b["mask"], ref_logprobs=b["ref"])
+    grads = torch.autograd.grad(out.loss, (lp, old, adv), allow_unused=True)
+    assert grads[0] is not None and grads[1] is None and grads[2] is None
+
+
+def test_a_non_float_old_logprobs_is_named():
+    b = batch(34)
+    with pytest.raises(TypeError, match="old_logprobs"):
+        cp.Objective.preset("grpo").loss(b["lp"], b["old"].long(), torch.zeros(12, dtype=torch.float64),
+                                         b["mask"])
+
+
+def test_trl_delta_cap_flags_a_negative_advantage_only_above_both_bounds():
+    """A < 0: min(min(s, δ) A, clip(s) A) has zero gradient only where s > max(δ, 1 + ε); at s = max exactly
+    the clip still passes the gradient (the boundary belongs to the unclipped side)."""
+    obj = cp.Objective.preset("grpo", ratio_cap=1.5)
+    mask = torch.ones(1, 3, dtype=torch.float64)
+    lp = torch.log(torch.tensor([[1.5, 1.5 + 1e-9, 1.0]], dtype=torch.float64))
+    out = obj.loss(lp, torch.zeros_like(lp), torch.tensor([-1.0], dtype=torch.float64), mask)
+    assert out.clip_fraction_high.item() == pytest.approx(1 / 3)
+
+
+def test_verl_plus_kl_types_take_k2_s_gradient_through_the_objective():
+    b = batch(35)
+    plus = cp.Objective(kl="k1", beta=0.1, kl_straight_through=True)
+    k2 = cp.Objective(kl="k2", beta=0.1)
+    k1 = cp.Objective(kl="k1", beta=0.1)
+    grads = {}
+    for name, obj in (("plus", plus), ("k2", k2), ("k1", k1)):
+        lp = b["lp"].clone().requires_grad_(True)
+        out = objective_loss(obj, b, lp)
+        (grads[name],) = torch.autograd.grad(out.regulariser, lp)
+        grads[name + "_value"] = out.regulariser.detach()
+    torch.testing.assert_close(grads["plus"], grads["k2"], rtol=0, atol=1e-15)
+    torch.testing.assert_close(grads["plus_value"], grads["k1_value"], rtol=0, atol=1e-15)
+    assert not torch.allclose(grads["k1"], grads["k2"])
+
+
+def test_cispo_trust_region_mask_drops_the_tokens_the_clip_would_zero():
+    b = batch(36, spread=0.5)
+    obj = cp.Objective(token_mask="trust_region", surrogate="is_weighted_log_prob", aggregation="token_mean",
+                       is_weight_high=5.0)
+    adv = obj.advantages(b["rewards"], 4)
+    out = objective_loss(obj, b, b["lp"], adv)
+    s = (b["lp"] - b["old"]).exp()
+    a = adv.unsqueeze(1)
+    dropped = ((a > 0) & (s > 1.2)) | ((a < 0) & (s < 0.8))
+    assert dropped[b["mask"] > 0].any() and not dropped[b["mask"] > 0].all()
+    assert torch.all(out.alpha[dropped] == 0) and torch.all(out.alpha[~dropped & (b["mask"] > 0)] > 0)
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    (dict(gtpo=True, gtpo_entropy_threshold=-0.1), "gtpo_entropy_threshold"),
+    (dict(gpg_alpha="sometimes"), "gpg_alpha"),
+])
+def test_gtpo_and_gpg_fields_are_checked(fields, match):
+    with pytest.raises(ValueError, match=match):
+        cp.Objective(**fields)
+
+
+def test_gpg_nonzero_reward_alpha_counts_per_batch_and_a_single_nonzero_reward():
+    obj = cp.Objective(gpg_alpha="nonzero_reward", std_scale=None)
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    batched = obj.advantages(rewards, 2, batch_dims=1)
+    for s in range(2):
+        torch.testing.assert_close(batched[s], obj.advantages(rewards[s], 2), rtol=0, atol=0)
+    centred = rewards[0].view(2, 2) - rewards[0].view(2, 2).mean(1, keepdim=True)
+    torch.testing.assert_close(batched[0], centred.reshape(4) * 4.0, rtol=0, atol=0)  # N / #(r != 0) = 4

@@ -602,3 +602,24 @@ def test_complex_parameters_take_torch_step_and_report_real_statistics():
     h = opts[1].history
     assert h["grad_norm"][-1] == pytest.approx(torch.view_as_real(grad).norm().item(), rel=1e-6)
     assert np.isfinite(h["cos_update_neg_grad"]).all()
+
+
+def test_torch_s_step_gets_the_closure_at_level_off():
+    params = make_params(torch.float32)
+    opt = InstrumentedAdamW(params, diagnostics="off", lr=torch.tensor(1e-2))  # not plain: torch's step
+    set_grads(params, torch.Generator().manual_seed(0))
+    calls = []
+    assert opt.step(lambda: calls.append(1) or 2.5) == 2.5 and calls == [1]
+
+
+def test_maximize_cosine_is_the_same_on_both_paths():
+    """The chunked step (float lr) and torch's step read through the state (tensor lr) take the same steps;
+    their cos(Δθ, −g_eff) must agree, maximize or not."""
+    for maximize in (False, True):
+        histories = []
+        for lr in (1e-2, torch.tensor(1e-2)):
+            opt = run(InstrumentedAdamW, make_params(torch.float64), 4, lr=lr, maximize=maximize,
+                      diagnostics="full", foreach=False)
+            histories.append(opt.history["cos_update_neg_grad"])
+        np.testing.assert_allclose(histories[0], histories[1], rtol=1e-6)
+        assert (np.abs(histories[0]) <= 1 + 1e-12).all()
