@@ -270,7 +270,7 @@ def test_beta_boundaries():
                                (0.9, -0.5, "beta2"), (0.9, 0.0, "beta2")):
         for call, args in ((theory.c_t, (beta1, beta2, 5)), (theory.c_t_limit, (beta1, beta2)),
                            (theory.c_tk_with_eps, (beta1, beta2, 5, 0, 1e-8, 1.0))):
-            with pytest.raises(ValueError, match=word):
+            with pytest.raises(ValueError, match=rf"^{word} must"):
                 call(*args)
     # just inside the bounds the closed forms stay finite
     assert math.isfinite(theory.c_t(0.999999, 0.999999, 2))
@@ -318,3 +318,13 @@ def test_eps_modulation_boundaries():
     assert theory.c_tk_with_eps(0.9, 0.95, 5, 2, 0.0, 1.0) == pytest.approx(theory.c_tk(0.9, 0.95, 5, 2),
                                                                             rel=1e-14)
     assert theory.step_shrink_factor(0.0) == 1.0 and theory.step_shrink_factor(1.0) == 0.5
+
+
+def test_a_parameter_without_state_before_one_with_state_is_skipped():
+    first = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))  # never gets a gradient
+    second = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = torch.optim.AdamW([first, second], betas=(0.9, 0.95), eps=1e-8)
+    second.grad = torch.tensor([3.0, 0.25], dtype=torch.float64)
+    opt.step()
+    np.testing.assert_allclose(theory.adam_state_sqrt_v_hat(opt).numpy(), [3.0, 0.25], rtol=1e-12)
+    np.testing.assert_allclose(theory.eps_ratio(opt).numpy(), [1e-8 / 3.0, 1e-8 / 0.25], rtol=1e-12)
