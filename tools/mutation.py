@@ -4,11 +4,12 @@
     .venv/bin/python tools/mutation.py prefix --sample 0     # every mutant of one module
     .venv/bin/python tools/mutation.py lab --sample 100 --seed 1 --jobs 2
 
-For each module, a scratch copy of the repository under ``.mutation/<module>/`` (git-ignored) gets a
-``[tool.mutmut]`` section that mutates ``companion/<module>.py`` only and runs ``tests/test_<module>.py``
-only: each module is judged by its own tests. mutmut makes every single-edit mutant of the module (an
-operator, a comparison, a number, a keyword argument, a call argument replaced or dropped ...); this
-script draws ``--sample`` of them at random (seeded; 0 = all), runs mutmut on those, and prints per module
+For each module, a scratch copy of the repository under ``.mutation/seed<seed>/<module>/`` (git-ignored)
+gets a ``[tool.mutmut]`` section that mutates ``companion/<module>.py`` only and runs
+``tests/test_<module>.py`` only: each module is judged by its own tests. mutmut makes every single-edit
+mutant of the module (an operator, a comparison, a number, a keyword argument, a call argument replaced or
+dropped ...); this script draws ``--sample`` of them at random (seeded; 0 = all), runs mutmut on those, and
+prints per module
 
     killed / checked = score        (killed: a test fails or times out; checked: every mutant drawn)
 
@@ -94,7 +95,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"unknown module(s) {unknown}; choose from {MODULES}")
     below_target = False
     for module in args.modules or MODULES:
-        workdir = ROOT / ".mutation" / module
+        workdir = ROOT / ".mutation" / f"seed{args.seed}" / module
         prepare(module, workdir)
         names = mutant_names(module, workdir)
         drawn = names if args.sample <= 0 or args.sample >= len(names) else \
