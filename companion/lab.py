@@ -143,7 +143,7 @@ def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter],
 
 
 def _check_arguments(task: Task, steps: int, group_size: int, prompts_per_step: int, inner_steps: int,
-                     sampling: str, streams: str = "per_seed") -> None:
+                     sampling: str, streams: str) -> None:
     if not isinstance(task, Task):
         raise TypeError(f"task must be a companion Task (cp.make_task(...)), got {type(task).__name__}")
     if group_size < 2:
