@@ -742,7 +742,7 @@ def test_a_constant_length_sets_the_constant_weights():
     (dict(token_mask="trust_region", clip_high=None), "trust_region"),
 ])
 def test_more_bad_fields_are_named(fields, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=rf"\b{match}\b"):
         cp.Objective(**fields)
     assert cp.Objective(token_mask="trust_region").token_mask == "trust_region"
 
@@ -821,3 +821,60 @@ def test_gpg_nonzero_reward_alpha_counts_per_batch_and_a_single_nonzero_reward()
         torch.testing.assert_close(batched[s], obj.advantages(rewards[s], 2), rtol=0, atol=0)
     centred = rewards[0].view(2, 2) - rewards[0].view(2, 2).mean(1, keepdim=True)
     torch.testing.assert_close(batched[0], centred.reshape(4) * 4.0, rtol=0, atol=0)  # N / #(r != 0) = 4
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(is_weight_low=-0.1), "is_weight_low must be >= 0.0"),
+    (dict(token_mask="bogus"), "token_mask='bogus' is not one of"),
+    (dict(surrogate="geometric_mean", aggregation="seq_mean", clip_low=None), "geometric_mean clips"),
+    (dict(surrogate="geometric_mean", aggregation="seq_mean", clip_high=None), "geometric_mean clips"),
+])
+def test_field_errors_start_with_the_field(fields, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        cp.Objective(**fields)
+
+
+def test_loss_input_errors_name_the_input_first():
+    b = batch(37)
+    obj = cp.Objective.preset("grpo")
+    adv = obj.advantages(b["rewards"], 4)
+    with pytest.raises(TypeError, match=r"^advantages must be a floating-point"):
+        obj.loss(b["lp"], b["old"], adv.long(), b["mask"])
+    with pytest.raises(ValueError, match=r"^advantages has a non-finite value"):
+        obj.loss(b["lp"], b["old"], torch.full_like(adv, float("inf")), b["mask"])
+    obj.check_inputs(b["lp"], b["old"], adv, b["mask"])  # the public check passes what loss accepts
+    with pytest.raises(ValueError, match=r"^advantages must be"):
+        obj.check_inputs(b["lp"], b["old"], adv[:5], b["mask"])
+
+
+def test_gtpo_accepts_groups_of_two():
+    b = batch(38, n_groups=6, group_size=2)
+    obj = cp.Objective.preset("gtpo", gtpo_entropy_threshold=None)
+    out = obj.loss(b["lp"], b["old"], obj.advantages(b["rewards"], 2), b["mask"], tokens=b["tokens"],
+                   entropies=b["entropies"], group_size=2)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="group_size"):
+        obj.loss(b["lp"], b["old"], obj.advantages(b["rewards"], 2), b["mask"], tokens=b["tokens"],
+                 entropies=b["entropies"], group_size=1)
+
+
+def test_gmpo_never_counts_a_zero_advantage_as_clipped():
+    obj = cp.Objective.preset("gmpo")
+    lp = torch.full((2, 3), 1.0, dtype=torch.float64)  # log-ratio 1 > clip_high on every token
+    out = obj.loss(lp, torch.zeros_like(lp), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                   torch.ones_like(lp))
+    assert out.clip_fraction_high.item() == pytest.approx(0.5)  # the positive row only
+
+
+def test_reinforce_pp_whitens_a_single_reward_to_zero():
+    adv = cp.Objective.preset("reinforce_pp").advantages(torch.tensor([3.0]), 1, torch.ones(1, 4))
+    assert adv.tolist() == [0.0]
+    adv = cp.Objective.preset("reinforce_pp").advantages(torch.tensor([3.0]), 1, torch.tensor([[1.0, 0.0]]))
+    assert adv.tolist() == [0.0]  # one token: the centre is the reward itself
+
+
+def test_loss_output_repr_lists_the_scalars():
+    b = batch(39)
+    out = objective_loss(cp.Objective.preset("grpo"), b, b["lp"])
+    text = repr(out)
+    assert text.startswith("LossOutput(loss=") and ", policy_loss=" in text and text.endswith(")")
