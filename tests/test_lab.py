@@ -340,7 +340,7 @@ class _RecordingProgress:
 
 
 @pytest.mark.parametrize(("after_seconds", "progress", "shown"), [
-    (0.0, None, True), (1e9, None, False), (0.0, False, False), (1e9, True, True)])
+    (0.0, None, True), (60.0, None, False), (0.0, False, False), (60.0, True, True)])
 def test_the_progress_line_opens_by_itself_on_long_runs_outside_pytest(monkeypatch, after_seconds, progress,
                                                                        shown):
     monkeypatch.setattr(lab, "under_pytest", lambda: False)
@@ -479,3 +479,45 @@ def test_kl_ref_false_skips_the_reference_only_where_nothing_uses_it():
     h_gpt_ref = lab.train(TinyGPT2Policy.for_task(gpt, seed=0), gpt, cp.Objective.preset("grpo"), steps=2,
                           group_size=4, prompts_per_step=2, lr=1e-3, device="cpu")
     np.testing.assert_array_equal(h_gpt["loss"], h_gpt_ref["loss"])
+
+
+def test_ratio_extremes_bracket_one_after_the_first_inner_step():
+    task = make_task("pick", length="short")
+    h = run(tabular(task, 2), task, lr=1.0)
+    later = h["inner_step"] == 1
+    assert (h["ratio_max"][later] >= h["ratio_min"][later]).all()
+    assert (h["ratio_max"][later] > 1).any() and (h["ratio_min"][later] < 1).any()
+
+
+def test_an_optimizer_reused_across_runs_reports_each_run_s_rows_only():
+    task = make_task("pick")
+    policy = tabular(task, 2)
+    opt = cp.InstrumentedAdamW(policy.parameters(), lr=0.1)
+    first = run(policy, task, optimizer=opt)
+    second = run(policy, task, optimizer=opt, steps=3)
+    assert len(opt.history) == 12 + 6
+    np.testing.assert_array_equal(second["opt_step"], np.arange(13, 19))
+    np.testing.assert_array_equal(first["opt_step"], np.arange(1, 13))
+
+
+class _ListHistory(torch.optim.SGD):
+    history: list = []  # noqa: RUF012 (a `history` that is not InstrumentedAdamW's: ignored)
+
+
+def test_an_optimizer_history_without_keys_is_ignored():
+    task = make_task("pick")
+    h = run(tabular(task), task, optimizer=lambda p: _ListHistory(p, lr=0.1))
+    assert not any(key.startswith("opt_") for key in h)
+
+
+def test_a_shared_template_records_the_probability_of_the_sampled_prefix():
+    task = make_task("pick", template="#", template_mode="shared")
+    policy = TabularPolicy.for_task(task, init_scale=2.0, seed=3)
+    batch = lab._rollout(policy, copy.deepcopy(policy), task, PlainClipped(),
+                         [torch.Generator().manual_seed(0)], 8, 4, "on_policy", torch.device("cpu"))
+    logp, _ = policy.logprobs(task, batch.prompt_idx, batch.completions)
+    shared = lab._prefix_probs(policy, task, batch.prompt_idx, batch.completions, logp)
+    torch.testing.assert_close(shared, logp[..., :1].detach().exp().mean(1))
+    forced = make_task("pick", template="#", template_mode="forced")
+    template = lab._prefix_probs(policy, forced, batch.prompt_idx, batch.completions, logp)
+    assert not torch.allclose(shared, template)  # the sampled prefix, not the template's '#'
