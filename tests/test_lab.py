@@ -521,3 +521,79 @@ def test_a_shared_template_records_the_probability_of_the_sampled_prefix():
     forced = make_task("pick", template="#", template_mode="forced")
     template = lab._prefix_probs(policy, forced, batch.prompt_idx, batch.completions, logp)
     assert not torch.allclose(shared, template)  # the sampled prefix, not the template's '#'
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"prompts_per_step": 0}, "prompts_per_step must be >= 1"), ({"steps": -1}, "steps must be >= 0"),
+    ({"inner_steps": 0}, "inner_steps must be >= 1"), ({"streams": "x"}, "streams must be one of"),
+])
+def test_bad_arguments_are_named_first(kwargs, message):
+    task = make_task("pick")
+    with pytest.raises(ValueError, match="^" + message):
+        run(tabular(task), task, **kwargs)
+
+
+def test_one_prompt_per_step_and_the_default_of_fifty_steps():
+    task = make_task("pick")
+    h = lab.train(tabular(task), task, PlainClipped(), group_size=2, prompts_per_step=1, device="cpu")
+    assert len(h) == 50 and h.config["steps"] == 50 and h.config["prompts_per_step"] == 1
+
+
+@pytest.mark.parametrize("mode", ["forced", "shared"])
+def test_a_one_token_template_reaches_the_batch(mode):
+    task = make_task("pick", template="#", template_mode=mode)
+    policy = TabularPolicy.for_task(task, init_scale=2.0)
+    generators = [torch.Generator().manual_seed(0)]
+    batch = lab._rollout(policy, copy.deepcopy(policy), task, PlainClipped(), generators, 6, 4, "on_policy",
+                         torch.device("cpu"))
+    heads = batch.completions[0, :, 0].reshape(6, 4)
+    assert (heads == heads[:, :1]).all()  # shared by each group
+    if mode == "forced":
+        assert (heads == task.vocab.index("#")).all()
+
+
+def test_a_kl_field_with_beta_zero_does_not_need_the_reference():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, cp.Objective.preset("grpo", kl="k3", beta=0.0), kl_ref=False)
+    assert "kl_ref" not in h
+
+
+def test_a_single_seed_custom_objective_runs_without_the_reference():
+    task = make_task("pick")
+    h = run(tabular(task), task, PlainClipped(), kl_ref=False)
+    assert "kl_ref" not in h and np.isfinite(h["loss"]).all()
+
+
+def test_an_explicit_device_is_kept_when_cuda_is_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert lab.resolve_device(None).type == "cuda"
+    task = make_task("pick")
+    assert run(tabular(task), task, steps=1).config["device"] == "cpu"  # run() passes device="cpu"
+
+
+def test_the_progress_estimate_is_the_time_per_step_times_the_steps(monkeypatch):
+    """A fake clock: every reading is one second later. After the first of 10 steps the run looks like ten
+    seconds or more: over a threshold of 5 s the line opens, under one of 50 s it does not."""
+    clock = iter(range(10**6))
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return float(next(clock))
+
+    monkeypatch.setattr(lab, "time", FakeTime)
+    monkeypatch.setattr(lab, "under_pytest", lambda: False)
+    monkeypatch.setattr(lab, "Progress", _RecordingProgress)
+    task = make_task("pick")
+    for threshold, shown in ((5.0, True), (50.0, False)):
+        monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", threshold)
+        _PROGRESS_LINES.clear()
+        run(tabular(task), task, steps=10, inner_steps=1)
+        assert bool(_PROGRESS_LINES) == shown, threshold
+
+
+def test_a_seed_of_a_history_keeps_the_config():
+    task = make_task("pick")
+    h = run(tabular(task, 3), task)
+    one = h.seed(2)
+    assert one.num_seeds == 1 and one.config == h.config and one.config["group_size"] == 4
