@@ -597,3 +597,24 @@ def test_a_seed_of_a_history_keeps_the_config():
     h = run(tabular(task, 3), task)
     one = h.seed(2)
     assert one.num_seeds == 1 and one.config == h.config and one.config["group_size"] == 4
+
+
+def test_a_custom_objective_gets_the_reference_log_probs_on_every_seed():
+    seen = []
+
+    class Spy(PlainClipped):
+        def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None):
+            seen.append(ref_logprobs)
+            return super().loss(logprobs, old_logprobs, adv, mask, ref_logprobs)
+
+    task = make_task("pick")
+    run(tabular(task, 3), task, Spy(), steps=1, inner_steps=1)
+    assert seen and all(r is not None and r.shape == (12, task.max_new_tokens) for r in seen)
+
+
+def test_the_default_seed_is_zero():
+    task = make_task("pick")
+    default = lab.train(tabular(task), task, PlainClipped(), steps=3, group_size=4, device="cpu")
+    zero = lab.train(tabular(task), task, PlainClipped(), steps=3, group_size=4, device="cpu", seed=0)
+    assert default.config["seed"] == 0
+    assert_same_history(default, zero)
