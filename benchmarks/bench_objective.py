@@ -1,5 +1,4 @@
-"""Objective benchmark: ``Objective.loss`` vs a minimal hand-written loss of the same method. Prints
-`name value unit`.
+"""Objective benchmark: ``Objective.loss`` vs a minimal hand-written loss of the same method.
 
 Batch: N = 64 completions, T = 512 tokens, fp32, ragged lengths (mask), advantages given (N,). For GRPO
 (TRL's loss_type="grpo": α = 1/(N|o_i|), clip 0.2), DAPO (α = 1/Σ|o|, clip 0.2/0.28) and GSPO (sequence
@@ -9,10 +8,9 @@ with ``Objective.loss`` as called by default (inputs checked) and with ``validat
 the hand-written loss. Target: <= 1.1x.
 """
 
-import statistics
-import time
-
 import torch
+from results import Row
+from timing import interleaved
 
 import companion as cp
 
@@ -57,13 +55,6 @@ def make_batch(seed: int = 0):
     return lp, old, adv, mask
 
 
-def time_once(fn, lp, *args) -> float:
-    x = lp.clone().requires_grad_(True)
-    start = time.perf_counter()
-    fn(x, *args).backward()
-    return time.perf_counter() - start
-
-
 def check_same(hand, ours, lp, *args) -> None:
     x, y = lp.clone().requires_grad_(True), lp.clone().requires_grad_(True)
     a, b = hand(x, *args), ours(y, *args)
@@ -73,30 +64,30 @@ def check_same(hand, ours, lp, *args) -> None:
     torch.testing.assert_close(x.grad, y.grad, atol=1e-9, rtol=1e-4)
 
 
-def main() -> None:
+def fwd_bwd(fn, lp, *args):
+    """A call that runs ``fn`` forward and backward on a leaf copy of ``lp`` (made once, gradient reset)."""
+    x = lp.clone().requires_grad_(True)
+
+    def call() -> None:
+        x.grad = None
+        fn(x, *args).backward()
+    return call
+
+
+def run(quick: bool = False) -> list[Row]:
     torch.set_num_threads(1)
     lp, old, adv, mask = make_batch()
-    print(f"objective_batch {N}x{T} tokens")
+    rows = []
     for name, hand in CASES.items():
         obj = cp.Objective.preset(name)
-        variants = {
-            "hand": hand,
-            "objective": lambda x, o, a, m, obj=obj: obj.loss(x, o, a, m).loss,
-            "objective_unchecked": lambda x, o, a, m, obj=obj: obj.loss(x, o, a, m, validate=False).loss,
-        }
-        check_same(hand, variants["objective"], lp, old, adv, mask)
-        times: dict[str, list[float]] = {v: [] for v in variants}
-        for round_index in range(WARMUP + ROUNDS):
-            for variant, fn in variants.items():
-                elapsed = time_once(fn, lp, old, adv, mask)
-                if round_index >= WARMUP:
-                    times[variant].append(elapsed)
-        medians = {v: statistics.median(t) for v, t in times.items()}
-        for variant, value in medians.items():
-            print(f"objective_{name}_{variant}_fwd_bwd {value * 1e3:.3f} ms")
-        for variant in ("objective", "objective_unchecked"):
-            print(f"objective_{name}_ratio_{variant}_vs_hand {medians[variant] / medians['hand']:.3f} x")
-
-
-if __name__ == "__main__":
-    main()
+        checked = lambda x, o, a, m, obj=obj: obj.loss(x, o, a, m).loss  # noqa: E731
+        unchecked = lambda x, o, a, m, obj=obj: obj.loss(x, o, a, m, validate=False).loss  # noqa: E731
+        check_same(hand, checked, lp, old, adv, mask)
+        times = interleaved({v: fwd_bwd(fn, lp, old, adv, mask) for v, fn in
+                             (("hand", hand), ("checked", checked), ("unchecked", unchecked))},
+                            rounds=10 if quick else ROUNDS, warmup=WARMUP)
+        rows.append(Row(f"objective_{name}", f"`Objective.loss` fwd+bwd, {name}, checks on (N={N}, T={T})",
+                        times["checked"], times["hand"], 1.1))
+        rows.append(Row(f"objective_{name}_unchecked", f"`Objective.loss` fwd+bwd, {name}, validate=False",
+                        times["unchecked"], times["hand"], 1.1))
+    return rows

@@ -1,4 +1,4 @@
-"""Optimizer benchmark: InstrumentedAdamW vs torch.optim.AdamW step time. Prints `name value unit`.
+"""Optimizer benchmark: InstrumentedAdamW vs torch.optim.AdamW step time.
 
 Model: a GPT-shaped stack of about 10M fp32 parameters (token embedding 8192 x 512, two transformer blocks,
 layer norms and biases: 28 tensors), gradients filled once with N(0, 1) (the step's cost does not depend on
@@ -10,10 +10,9 @@ each variant's median divided by torch's with the same `foreach`.
 Targets: full <= 1.3x, off <= 1.05x.
 """
 
-import statistics
-import time
-
 import torch
+from results import Row
+from timing import interleaved
 
 from companion.optim import InstrumentedAdamW
 
@@ -30,9 +29,10 @@ def gpt_shaped_shapes(vocab: int = 8192, width: int = 512, blocks: int = 2) -> l
     return [*shapes, (width,), (width,)]  # final layer norm
 
 
-def make_optimizer(variant: str, foreach: bool, seed: int = 0) -> torch.optim.Optimizer:
+def make_optimizer(variant: str, foreach: bool, seed: int = 0, quick: bool = False) -> torch.optim.Optimizer:
     gen = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in gpt_shaped_shapes()]
+    shapes = gpt_shaped_shapes(1024, 128, 1) if quick else gpt_shaped_shapes()
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen)
     kwargs = dict(lr=1e-4, weight_decay=0.01, foreach=foreach)
@@ -41,32 +41,15 @@ def make_optimizer(variant: str, foreach: bool, seed: int = 0) -> torch.optim.Op
     return InstrumentedAdamW(params, diagnostics=variant, **kwargs)
 
 
-def interleaved_medians(foreach: bool) -> dict[str, float]:
-    optimizers = {v: make_optimizer(v, foreach) for v in VARIANTS}
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for round_index in range(WARMUP + ROUNDS):
-        for variant, opt in optimizers.items():
-            start = time.perf_counter()
-            opt.step()
-            elapsed = time.perf_counter() - start
-            if round_index >= WARMUP:
-                times[variant].append(elapsed)
-    return {v: statistics.median(t) for v, t in times.items()}
-
-
-def main() -> None:
+def run(quick: bool = False) -> list[Row]:
     torch.set_num_threads(1)
-    n_params = sum(torch.Size(s).numel() for s in gpt_shaped_shapes())
-    print(f"optimizer_model_parameters {n_params} params")
+    rows = []
     for foreach in (False, True):
-        medians = interleaved_medians(foreach)
-        tag = f"foreach={foreach}"
-        for variant in VARIANTS:
-            name = "torch_adamw" if variant == "torch" else f"instrumented_{variant}"
-            print(f"optimizer_step_{name}_{tag} {medians[variant] * 1e3:.2f} ms")
-        for variant in VARIANTS[1:]:
-            print(f"optimizer_ratio_{variant}_vs_torch_{tag} {medians[variant] / medians['torch']:.3f} x")
-
-
-if __name__ == "__main__":
-    main()
+        optimizers = {v: make_optimizer(v, foreach, quick=quick) for v in VARIANTS}
+        times = interleaved({v: opt.step for v, opt in optimizers.items()}, rounds=5 if quick else ROUNDS,
+                            warmup=WARMUP)
+        for variant, target in (("full", 1.3), ("cheap", 1.3), ("off", 1.05)):
+            rows.append(Row(f"optimizer_{variant}_foreach_{foreach}",
+                            f"`InstrumentedAdamW` diagnostics={variant!r} vs torch AdamW, foreach={foreach}",
+                            times[variant], times["torch"], target))
+    return rows

@@ -20,6 +20,9 @@ on theta (exact comparisons of objectives or optimizers on the same batches).
 
 Seeds: a policy with S seeds (``TabularPolicy(num_seeds=S)``) trains S independent runs in one tensor
 program; seed s uses ``seed + s`` and its records equal those of a single-seed run with that seed.
+``streams="batched"`` draws every seed's random numbers from one generator instead (``seed``), in one
+call: faster for many seeds, but seed s's numbers then depend on S, so that guarantee is gone. The book's
+chapters use the default, ``"per_seed"``.
 """
 
 from __future__ import annotations
@@ -38,10 +41,14 @@ from torch import Tensor, nn
 
 from companion.notebook import Progress, under_pytest
 from companion.objective import Objective
+from companion.optim import InstrumentedAdamW
+from companion.policies import Generators
 from companion.tasks import Task
 
 Sampling = Literal["on_policy", "fixed"]
 SAMPLING_MODES = ("on_policy", "fixed")
+Streams = Literal["per_seed", "batched"]
+STREAMS = ("per_seed", "batched")
 PROGRESS_AFTER_SECONDS = 3.0
 OptimizerSpec = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer] | None
 StepHook = Callable[[int, int, "Batch"], None]  # on_step(outer_step, inner_step, batch)
@@ -127,8 +134,8 @@ def cpu_threads(device: torch.device) -> Iterator[None]:
 
 def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter],
                      lr: float) -> torch.optim.Optimizer:
-    if optimizer is None:
-        return torch.optim.AdamW(params, lr=lr)
+    if optimizer is None:  # torch's AdamW step, bit for bit, without its CPU slow paths (companion.optim)
+        return InstrumentedAdamW(params, lr=lr, diagnostics="off")
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if callable(optimizer):
@@ -138,7 +145,7 @@ def _build_optimizer(optimizer: OptimizerSpec, params: list[nn.Parameter],
 
 
 def _check_arguments(task: Task, steps: int, group_size: int, prompts_per_step: int, inner_steps: int,
-                     sampling: str) -> None:
+                     sampling: str, streams: str) -> None:
     if not isinstance(task, Task):
         raise TypeError(f"task must be a companion Task (cp.make_task(...)), got {type(task).__name__}")
     if group_size < 2:
@@ -150,12 +157,19 @@ def _check_arguments(task: Task, steps: int, group_size: int, prompts_per_step: 
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+    if streams not in STREAMS:
+        raise ValueError(f"streams must be one of {STREAMS}, got {streams!r}")
 
 
 # --- statistics per seed -------------------------------------------------------------------------------
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """(S, N, T) -> (S,): mean over every token in the loss."""
-    return (x * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+def _masked_mean(x: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
+    """(S, N, T) -> (S,): mean over every token in the loss (``count``: the tokens per seed, if known)."""
+    return (x * mask).sum((1, 2)) / (_token_count(mask) if count is None else count)
+
+
+def _token_count(mask: Tensor) -> Tensor:
+    """(S, N, T) -> (S,): tokens in the loss per seed (at least 1, a denominator)."""
+    return mask.sum((1, 2)).clamp(min=1)
 
 
 def _k3(log_ratio: Tensor) -> Tensor:
@@ -169,9 +183,10 @@ def _tied_fraction(rewards: Tensor, group_size: int) -> Tensor:
     return (groups == groups[..., :1]).all(-1).to(rewards.dtype).mean(-1)
 
 
-def _masked_extreme(x: Tensor, mask: Tensor, largest: bool) -> Tensor:
+def _masked_extreme(x: Tensor, padding: Tensor, largest: bool) -> Tensor:
+    """(S, N, T) -> (S,): the largest or smallest value on the loss tokens (``padding``: mask == 0)."""
     fill = float("-inf") if largest else float("inf")
-    x = x.masked_fill(mask == 0, fill).flatten(1)
+    x = x.masked_fill(padding, fill).flatten(1)
     return x.amax(1) if largest else x.amin(1)
 
 
@@ -207,28 +222,20 @@ def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: 
 
     Each seed's loss sees only its own batch (token-sum denominators such as DAPO's never mix seeds), and
     the sum over seeds has, for each seed's parameters, exactly that seed's gradient. A companion
-    ``Objective`` checks the inputs of all seeds once, then runs unchecked per seed (so vmap can batch it)
-    and gets the token ids, entropies and group size GTPO needs.
+    ``Objective`` takes the seed axis as a batch axis (``batch_dims=1``: one call, inputs checked once) and
+    gets the token ids, entropies and group size GTPO needs; any other objective runs per seed.
     """
     if isinstance(objective, Objective):
-        objective.check_inputs(logp.flatten(0, 1), old.flatten(0, 1), adv.flatten(0, 1), mask.flatten(0, 1),
-                               None if ref is None else ref.flatten(0, 1),
-                               tokens=None if tokens is None else tokens.flatten(0, 1),
-                               entropies=None if entropies is None else entropies.flatten(0, 1),
-                               group_size=group_size)
+        if not objective.needs_tokens:
+            tokens = entropies = None
+        out = objective.loss(logp, old, adv, mask, ref_logprobs=ref, tokens=tokens, entropies=entropies,
+                             group_size=group_size, batch_dims=1)
+        return _loss_fields(out)
 
-        def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None, y: Tensor | None,
-                h: Tensor | None) -> dict[str, Tensor]:
-            return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r, tokens=y, entropies=h,
-                                               group_size=group_size, validate=False))
-    else:
-        def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None, y: Tensor | None,
-                h: Tensor | None) -> dict[str, Tensor]:
-            return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r))
+    def one(lp: Tensor, o: Tensor, a: Tensor, m: Tensor, r: Tensor | None) -> dict[str, Tensor]:
+        return _loss_fields(objective.loss(lp, o, a, m, ref_logprobs=r))
 
-    if not isinstance(objective, Objective) or not objective.needs_tokens:
-        tokens = entropies = None
-    args = (logp, old, adv, mask, ref, tokens, entropies)
+    args = (logp, old, adv, mask, ref)
     if logp.shape[0] == 1:
         fields = one(*(None if a is None else a[0] for a in args))
         return {k: v.reshape(1) for k, v in fields.items()}
@@ -238,25 +245,35 @@ def seedwise_loss(objective: Any, logp: Tensor, old: Tensor, adv: Tensor, mask: 
 def seedwise_advantages(objective: Any, rewards: Tensor, group_size: int,
                         mask: Tensor | None = None) -> Tensor:
     """(S, N) rewards -> (S, N) advantages, each seed's groups on their own (Eq. 2). A companion
-    ``Objective`` checks every seed's rewards once, then runs unchecked per seed, and gets the mask
-    (REINFORCE++ weighs completions by length)."""
+    ``Objective`` takes the seed axis as a batch axis (one call, every seed's rewards checked) and gets the
+    mask (REINFORCE++ weighs completions by length); any other objective runs per seed."""
     if isinstance(objective, Objective):
-        objective.check_rewards(rewards.flatten(), group_size, None if mask is None else mask.flatten(0, 1))
+        return objective.advantages(rewards, group_size, mask, batch_dims=1)
 
-        def one(r: Tensor, m: Tensor | None) -> Tensor:
-            return objective.advantages(r, group_size, m, validate=False)
-    else:
-        def one(r: Tensor, m: Tensor | None) -> Tensor:
-            return objective.advantages(r, group_size=group_size)
+    def one(r: Tensor) -> Tensor:
+        return objective.advantages(r, group_size=group_size)
 
     if rewards.shape[0] == 1:
-        return one(rewards[0], None if mask is None else mask[0]).unsqueeze(0)
-    return _per_seed(one, rewards, mask)
+        return one(rewards[0]).unsqueeze(0)
+    return _per_seed(one, rewards)
 
 
 # --- the loop ------------------------------------------------------------------------------------------
-def _prefix(policy: nn.Module, task: Task, prompt_idx: Tensor,
-            generators: list[torch.Generator]) -> Tensor | None:
+def _generators(seed: int, num_seeds: int, streams: str) -> Generators:
+    """One generator per seed (``seed + s``), or one for all seeds."""
+    if streams == "batched":
+        return torch.Generator().manual_seed(seed)
+    return [torch.Generator().manual_seed(seed + s) for s in range(num_seeds)]
+
+
+def _sample_prompts(task: Task, generators: Generators, num_seeds: int, batch: int) -> Tensor:
+    """(S, B) prompt indices, each seed's from its own generator, or all from one."""
+    if isinstance(generators, torch.Generator):
+        return task.sample_prompts(num_seeds * batch, generators).view(num_seeds, batch)
+    return torch.stack([task.sample_prompts(batch, g) for g in generators])
+
+
+def _prefix(policy: nn.Module, task: Task, prompt_idx: Tensor, generators: Generators) -> Tensor | None:
     """The template prefix per prompt, (S, B, k): forced = the template, shared = sampled once per group."""
     if task.prefix_len == 0 or task.template_mode == "sampled":
         return None
@@ -297,12 +314,16 @@ def _optimizer_columns(optimizer: torch.optim.Optimizer, first_row: int, rows: i
 def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: OptimizerSpec = None, lr: float = 1e-2,
           steps: int = 50, group_size: int = 8, prompts_per_step: int = 4, inner_steps: int = 1,
           seed: int = 0, sampling: Sampling = "on_policy", device: str | torch.device | None = None,
-          progress: bool | None = None, after_step: bool = False, target_kl: float | None = None,
+          progress: bool | None = None, streams: Streams = "per_seed", kl_ref: bool = True,
+          after_step: bool = False, target_kl: float | None = None,
           on_step: StepHook | None = None) -> History:
     """Train ``policy`` on ``task`` with ``objective`` for ``steps`` outer steps; return the History.
 
     optimizer: a torch optimizer over ``policy.parameters()``, a callable ``params -> optimizer`` (e.g.
-        ``lambda p: cp.InstrumentedAdamW(p, lr=1e-2)``), or None for ``torch.optim.AdamW(lr=lr)``.
+        ``lambda p: cp.InstrumentedAdamW(p, lr=1e-2)``), or None for AdamW with ``lr`` and torch's
+        defaults (``InstrumentedAdamW(diagnostics="off")``: ``torch.optim.AdamW``'s numbers bit for bit,
+        faster on the CPU). ``lambda p: torch.optim.AdamW(p, lr=lr, fused=True)`` is faster still on the
+        CPU but rounds differently: an explicit choice, not the default.
     group_size: G >= 2 completions per prompt; prompts_per_step: B prompts per outer step.
     inner_steps: mu optimizer steps on each fixed batch (pi_old is the policy at the start of the batch).
     seed: seed of the first run; seed index s of a multi-seed policy uses ``seed + s``.
@@ -310,6 +331,11 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
     device: None picks CUDA when present, else CPU (with ``COMPANION_THREADS`` threads, default 1).
     progress: a progress line (``cp.notebook.Progress``); None shows one when the run looks longer than a
         few seconds, outside pytest.
+    streams: ``"per_seed"`` (seed s's random numbers from its own generator, ``seed + s``: its records equal a
+        single-seed run's) or ``"batched"`` (all seeds from one generator: faster, S-dependent).
+    kl_ref: record ``kl_ref``, the KL to pi_ref (the policy at the start). False skips pi_ref's forward pass
+        and the column, unless the objective uses pi_ref (a companion Objective with beta > 0; a custom
+        objective then gets ``ref_logprobs=None``), and the frozen copy unless ``sampling="fixed"``.
     after_step: also record how far each update took the policy from pi_old (one more forward pass):
         ``kl_old_after``, ``ratio_dev_after``, ``past_clip_after``, ``clipped_drift_after``,
         ``clipped_motion_after`` (see :func:`trust_region_columns`).
@@ -320,14 +346,16 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
         and pi_ref log-probs): to keep real batches for exact checks, or to evaluate the policy between
         steps. The records summarise a batch; this hook hands over the batch itself.
     """
-    _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling)
+    _check_arguments(task, steps, group_size, prompts_per_step, inner_steps, sampling, streams)
     _check_trust_region(policy, target_kl)
     dev = resolve_device(device)
     with cpu_threads(dev):
         policy.to(dev)
-        reference = copy.deepcopy(policy).requires_grad_(False)
+        reference_logprobs = kl_ref or _uses_reference(objective)
+        reference = copy.deepcopy(policy).requires_grad_(False) \
+            if reference_logprobs or sampling == "fixed" else None
         opt = _build_optimizer(optimizer, [p for p in policy.parameters() if p.requires_grad], lr)
-        generators = [torch.Generator().manual_seed(seed + s) for s in range(policy.num_seeds)]
+        generators = _generators(seed, policy.num_seeds, streams)
         first_opt_row = len(getattr(opt, "history", ()))
         records: dict[str, list[Tensor]] = {}
         line, started = None, time.perf_counter()
@@ -335,12 +363,11 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
             if callable(getattr(opt, "new_batch", None)):
                 opt.new_batch()  # InstrumentedAdamW's hook (counts batches, optionally resets moments)
             batch = _rollout(policy, reference, task, objective, generators, prompts_per_step, group_size,
-                             sampling, dev)
+                             sampling, dev, reference_logprobs)
             for i in range(inner_steps):
-                row = _inner_step(policy, task, objective, opt, batch, after_step, target_kl)
-                row["outer_step"], row["inner_step"] = torch.tensor([k]), torch.tensor([i])
-                for name, value in row.items():
-                    records.setdefault(name, []).append(value.detach())
+                for name, value in _inner_step(policy, task, objective, opt, batch, after_step,
+                                               target_kl).items():
+                    records.setdefault(name, []).append(value)
                 if on_step is not None:
                     on_step(k, i, batch)
             line = _advance_progress(line, progress, k + 1, steps, started)
@@ -348,9 +375,11 @@ def train(policy: nn.Module, task: Task, objective: Any, *, optimizer: Optimizer
             line.close()
     config = dict(task=task.name, objective=getattr(objective, "name", type(objective).__name__),
                   steps=steps, group_size=group_size, prompts_per_step=prompts_per_step,
-                  inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev),
+                  inner_steps=inner_steps, seed=seed, sampling=sampling, device=str(dev), streams=streams,
                   target_kl=target_kl)
     columns = _stack(records)
+    columns["outer_step"] = np.repeat(np.arange(steps), inner_steps)
+    columns["inner_step"] = np.tile(np.arange(inner_steps), steps)
     columns.update(_optimizer_columns(opt, first_opt_row, steps * inner_steps))
     return History(columns, policy.num_seeds, config)
 
@@ -365,28 +394,44 @@ class Batch:
     rewards: Tensor  # (S, N)
     correct: Tensor  # (S, N)
     advantages: Tensor  # (S, N)
-    ref_logprobs: Tensor  # (S, N, T)
+    ref_logprobs: Tensor | None  # (S, N, T), or None when nothing uses pi_ref
     group_size: int
     old_logprobs: Tensor | None = None  # (S, N, T), set by the first inner step
     stopped: Tensor | None = None  # (S,) bool: seeds whose inner loop stopped (target_kl)
+    padding: Tensor = field(init=False)  # (S, N, T) mask == 0
+    token_count: Tensor = field(init=False)  # (S,) tokens in the loss (at least 1)
+    records: dict[str, Tensor] = field(init=False)  # the columns that depend on the batch alone
+
+    def __post_init__(self) -> None:
+        self.padding = self.mask == 0
+        self.token_count = _token_count(self.mask)
+        self.records = {"reward": self.rewards.mean(1), "accuracy": self.correct.mean(1),
+                        "length": self.mask.sum(2).mean(1),
+                        "tied_fraction": _tied_fraction(self.rewards, self.group_size)}
+
+
+def _uses_reference(objective: Any) -> bool:
+    """Whether the loss reads pi_ref: a companion Objective with a KL term (any other objective: unknown)."""
+    return isinstance(objective, Objective) and objective.beta > 0 and objective.kl is not None
 
 
 @torch.no_grad()
-def _rollout(policy: nn.Module, reference: nn.Module, task: Task, objective: Any,
-             generators: list[torch.Generator], prompts_per_step: int, group_size: int, sampling: str,
-             device: torch.device) -> Batch:
-    """Sample B prompts x G completions, score them, and compute pi_ref log-probs (pi_old comes from the
-    first inner step's forward pass, where theta = theta_old)."""
+def _rollout(policy: nn.Module, reference: nn.Module | None, task: Task, objective: Any,
+             generators: Generators, prompts_per_step: int, group_size: int, sampling: str,
+             device: torch.device, reference_logprobs: bool = True) -> Batch:
+    """Sample B prompts x G completions, score them, and compute pi_ref log-probs when asked (pi_old comes
+    from the first inner step's forward pass, where theta = theta_old)."""
     sampler = policy if sampling == "on_policy" else reference
-    prompts = torch.stack([task.sample_prompts(prompts_per_step, g) for g in generators]).to(device)
+    prompts = _sample_prompts(task, generators, policy.num_seeds, prompts_per_step).to(device)
     prefix = _prefix(sampler, task, prompts, generators)
     completions = sampler.sample(task, prompts, group_size, generators, prefix=prefix)
     prompt_idx = prompts.repeat_interleave(group_size, dim=1)
-    ref, _ = reference.logprobs(task, prompt_idx, completions)
-    rewards = task.reward(prompt_idx, completions).to(ref.dtype)
-    mask = task.completion_mask(completions).to(ref.dtype)
+    ref = reference.logprobs(task, prompt_idx, completions)[0] if reference_logprobs else None
+    dtype = next(policy.parameters()).dtype if ref is None else ref.dtype
+    rewards = task.reward(prompt_idx, completions).to(dtype)
+    mask = task.completion_mask(completions).to(dtype)
     return Batch(prompt_idx=prompt_idx, completions=completions, mask=mask, rewards=rewards,
-                 correct=task.is_correct(prompt_idx, completions).to(ref.dtype),
+                 correct=task.is_correct(prompt_idx, completions).to(dtype),
                  advantages=seedwise_advantages(objective, rewards, group_size, mask), ref_logprobs=ref,
                  group_size=group_size)
 
@@ -412,17 +457,15 @@ def _inner_step(policy: nn.Module, task: Task, objective: Any, opt: torch.optim.
     check_finite_parameters(policy, opt)
     if after_step:
         fields.update(_after_step_columns(policy, task, objective, b, lp, entropy.detach()))
-    row = {
-        "reward": b.rewards.mean(1), "accuracy": b.correct.mean(1), "length": b.mask.sum(2).mean(1),
-        "tied_fraction": _tied_fraction(b.rewards, b.group_size),
-        "entropy": _masked_mean(entropy, b.mask),
-        "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask),
-        "kl_ref": _masked_mean(_k3(b.ref_logprobs - lp), b.mask),
-        "ratio_min": _masked_extreme((lp - b.old_logprobs).exp(), b.mask, largest=False),
-        "ratio_max": _masked_extreme((lp - b.old_logprobs).exp(), b.mask, largest=True),
-        **fields,
-    }
-    return row
+    fields = {name: value.detach() if value.requires_grad else value for name, value in fields.items()}
+    ratio = (lp - b.old_logprobs).exp()
+    row = {**b.records, "entropy": _masked_mean(entropy, b.mask, b.token_count),
+           "kl_old": _masked_mean(_k3(b.old_logprobs - lp), b.mask, b.token_count)}
+    if b.ref_logprobs is not None:
+        row["kl_ref"] = _masked_mean(_k3(b.ref_logprobs - lp), b.mask, b.token_count)
+    row["ratio_min"] = _masked_extreme(ratio, b.padding, largest=False)
+    row["ratio_max"] = _masked_extreme(ratio, b.padding, largest=True)
+    return {**row, **fields}
 
 
 def _stack(records: dict[str, list[Tensor]]) -> dict[str, np.ndarray]:
@@ -524,7 +567,7 @@ def trust_region_columns(before: Tensor, after: Tensor, old: Tensor, mask: Tenso
     log_s = before - old
     nan = torch.full_like(log_s[:, 0, 0], float("nan"))
     columns = {"kl_old_after": kl_old_estimate(after, old, mask),
-               "ratio_dev_after": _masked_extreme(torch.expm1(after - old).abs(), mask, largest=True),
+               "ratio_dev_after": _masked_extreme(torch.expm1(after - old).abs(), mask == 0, largest=True),
                "past_clip_after": nan, "clipped_drift_after": nan, "clipped_motion_after": nan}
     if clipped_before is not None and clipped_after is not None:
         moved, was_clipped = after - before, clipped_before.to(mask.dtype) * mask
@@ -548,7 +591,8 @@ def clipped_tokens(objective: Any, logp: Tensor, b: Batch, entropy: Tensor) -> T
         return x.flatten(0, 1)
 
     out = objective.loss(flat(logp), flat(b.old_logprobs), flat(b.advantages), flat(b.mask),
-                         ref_logprobs=flat(b.ref_logprobs), tokens=flat(b.completions),
+                         ref_logprobs=None if b.ref_logprobs is None else flat(b.ref_logprobs),
+                         tokens=flat(b.completions),
                          entropies=flat(entropy), group_size=b.group_size, validate=False)
     return out.clipped.view(logp.shape)
 

@@ -16,6 +16,11 @@ Conventions. N completions padded to T tokens, groups of ``group_size`` contiguo
 the tokens in the loss, ``|o_i| = Σ_t mask``. Over a batch of B groups the paper's "1/G" is 1/N (the
 expectation over prompts is the batch mean). The σ(r) that Table 1 folds into α is applied by
 ``advantages`` instead, as trainers do; the product α·A, hence the loss and its gradient, is the same.
+
+Batches of batches: ``batch_dims=k`` in ``advantages`` and ``loss`` adds k leading axes of independent
+batches (the lab's S seeds: rewards (S, N), log-probs (S, N, T)). Every sum over a batch stays within it,
+the loss and the scalar diagnostics get shape (S,), and each batch gets the numbers of a call on it alone
+(the same operations as ``torch.func.vmap`` over the seed axis, without its dispatch cost).
 """
 
 from __future__ import annotations
@@ -227,58 +232,61 @@ class Objective:
 
     def check_inputs(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                      ref_logprobs: Tensor | None = None, *, tokens: Tensor | None = None,
-                     entropies: Tensor | None = None, group_size: int | None = None) -> None:
+                     entropies: Tensor | None = None, group_size: int | None = None,
+                     batch_dims: int = 0) -> None:
         """The checks ``loss`` runs on its inputs (a clear ValueError/TypeError naming the argument)."""
         _check_loss_inputs(self, logprobs, old_logprobs, advantages, mask, ref_logprobs, tokens, entropies,
-                           group_size)
+                           group_size, batch_dims=batch_dims)
 
-    def check_rewards(self, rewards: Tensor, group_size: int, mask: Tensor | None = None) -> None:
+    def check_rewards(self, rewards: Tensor, group_size: int, mask: Tensor | None = None, *,
+                      batch_dims: int = 0) -> None:
         """The checks ``advantages`` runs on its inputs (a clear ValueError/TypeError naming the argument)."""
-        _check_rewards(rewards, group_size, self.is_group_method, mask)
+        _check_rewards(rewards, group_size, self.is_group_method, mask, batch_dims)
 
     # --- Eq. 2 -------------------------------------------------------------------------------------------
     def advantages(self, rewards: Tensor, group_size: int, mask: Tensor | None = None, *,
-                   validate: bool = True) -> Tensor:
+                   validate: bool = True, batch_dims: int = 0) -> Tensor:
         """Advantages A_i (Eq. 2) of outcome rewards (N,), groups of ``group_size`` contiguous rows.
 
         ``mask`` (N, T) is used only by "batch_whiten", which weighs each completion by its length as
         verl's REINFORCE++ does (without it every completion counts once). ``validate=False`` skips the
         checks on values (for callers that checked already, e.g. under ``torch.func.vmap``).
+        ``batch_dims``: leading axes of independent batches (rewards (S, N) for S seeds), see the module.
         """
         if validate:
-            self.check_rewards(rewards, group_size, mask)
+            self.check_rewards(rewards, group_size, mask, batch_dims=batch_dims)
         r = rewards
         if self.baseline == "batch_whiten":
             return _whiten(r, mask)
-        n = r.shape[0]
-        groups = r.reshape(n // group_size, group_size)
+        n = r.shape[-1]
+        groups = r.reshape(*r.shape[:-1], n // group_size, group_size)
         if self.baseline == "group_mean":
-            centred = groups - groups.mean(1, keepdim=True)
+            centred = groups - groups.mean(-1, keepdim=True)
         elif self.baseline == "leave_one_out":
-            centred = (groups - groups.mean(1, keepdim=True)) * (group_size / (group_size - 1))
+            centred = (groups - groups.mean(-1, keepdim=True)) * (group_size / (group_size - 1))
         elif self.baseline == "batch_mean":
-            centred = groups - r.mean()
+            centred = groups - r.mean(-1, keepdim=True).unsqueeze(-1)
         else:
             centred = groups
         if self.std_scale == "group":
-            sigma = groups.std(1, correction=self.std_correction, keepdim=True)
+            sigma = groups.std(-1, correction=self.std_correction, keepdim=True)
             centred = _safe_divide(centred, sigma, self.std_eps)
         elif self.std_scale == "batch":
-            sigma = r.std(correction=self.std_correction)
+            sigma = r.std(-1, correction=self.std_correction, keepdim=True).unsqueeze(-1)
             centred = _safe_divide(centred, sigma, self.std_eps)
-        adv = centred.reshape(n)
+        adv = centred.reshape(r.shape)
         if self.gpg_alpha == "nonzero_reward":
-            adv = adv * (n / (r != 0).sum().clamp(min=1))
+            adv = adv * (n / (r != 0).sum(-1, keepdim=True).clamp(min=1))
         elif self.gpg_alpha == "nonzero_advantage":
-            informative = (groups.std(1, correction=0, keepdim=True) > 0).expand_as(groups).sum()
-            adv = adv * (n / informative.clamp(min=1))
+            informative = (groups.std(-1, correction=0, keepdim=True) > 0).expand_as(groups).sum((-2, -1))
+            adv = adv * (n / informative.unsqueeze(-1).clamp(min=1))
         return adv
 
     # --- Eq. 1 -------------------------------------------------------------------------------------------
     def loss(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
              ref_logprobs: Tensor | None = None, *, tokens: Tensor | None = None,
              entropies: Tensor | None = None, group_size: int | None = None,
-             validate: bool = True) -> LossOutput:
+             validate: bool = True, batch_dims: int = 0) -> LossOutput:
         """The loss −J of Eq. 1 on one batch, and its diagnostics (``LossOutput``).
 
         logprobs: (N, T) log π_θ of the sampled tokens, differentiable; old_logprobs: log π_old (detached);
@@ -290,22 +298,27 @@ class Objective:
         inf input is then named in a ValueError; a log π of −inf is a probability 0, s = 0, and is allowed
         where it gives a finite loss). ``validate=False`` skips both (for callers that ran
         ``check_inputs``, e.g. under ``torch.func.vmap``).
+
+        batch_dims: leading axes of independent batches, e.g. 1 for (S, N, T) inputs of S seeds: the loss
+        and the scalar diagnostics are then (S,), each seed's as if computed alone (see the module).
         """
         if validate:  # shapes, dtypes and the mask now; NaN/inf below, from the loss itself (cheaper)
             _check_loss_inputs(self, logprobs, old_logprobs, advantages, mask, ref_logprobs, tokens,
-                               entropies, group_size, finite=False)
+                               entropies, group_size, finite=False, batch_dims=batch_dims)
         dtype = torch.float32 if logprobs.dtype in (torch.float16, torch.bfloat16) else logprobs.dtype
-        lp = logprobs.to(dtype)
-        old = old_logprobs.to(dtype).detach()
-        m = mask.to(dtype)
-        adv = advantages.to(dtype).detach()
-        adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
-        ref = None if ref_logprobs is None else ref_logprobs.to(dtype).detach()
-        out = LossOutput(_Context(self, lp, old, adv, m, ref, tokens, entropies, group_size))
-        if validate and not math.isfinite(out.loss.item()):
+        lp = _as(logprobs, dtype)
+        old = _as(old_logprobs, dtype, detach=True)
+        m = _as(mask, dtype)
+        adv = _as(advantages, dtype, detach=True)
+        adv = adv.unsqueeze(-1) if adv.dim() == lp.dim() - 1 else adv
+        ref = None if ref_logprobs is None else _as(ref_logprobs, dtype, detach=True)
+        out = LossOutput(_Context(self, lp, old, adv, m, ref, tokens, entropies, group_size,
+                                  read_values=validate))
+        if validate and not _all_finite(out.loss):
             _check_finite(**_finite_inputs(self, logprobs, old_logprobs, advantages, ref_logprobs))
-            raise ValueError(f"the loss is {out.loss.item()} although every input is finite: an overflow "
-                             "(advantages or log-probabilities too large for the dtype?)")
+            value = out.loss.detach().flatten()
+            raise ValueError(f"the loss is {value[~torch.isfinite(value)][0].item()} although every input is "
+                             "finite: an overflow (advantages or log-probabilities too large for the dtype?)")
         return out
 
 
@@ -323,27 +336,30 @@ class _Context:
     tokens: Tensor | None
     entropies: Tensor | None
     group_size: int | None
+    read_values: bool = False  # may look at values (not under vmap): skips the cap when nothing reaches it
+    _lengths: Tensor | None = field(init=False, default=None)
     log_ratio: Tensor = field(init=False)  # log π/π_old per token, clamped
     seq_log_ratio: Tensor | None = field(init=False)  # (N, 1) at sequence level, else None
     s: Tensor = field(init=False)  # the ratio s_{i,t} of Eq. 3 (value s_i on every token at sequence level)
     row_weight: Tensor | float = field(init=False)  # α = mask · row_weight · token_factor
+    per_row: bool = field(init=False)  # row_weight is (..., N, 1), one per completion; else one per batch
     token_factor: Tensor | None = field(init=False)  # masks, filters and GTPO's δλ (None: all 1)
 
     def __post_init__(self) -> None:
         obj = self.objective
-        self.log_ratio = _cap(self.logprobs - self.old_logprobs, obj.max_log_ratio)
+        self.log_ratio = _cap(self.logprobs - self.old_logprobs, obj.max_log_ratio, self.read_values)
         self.seq_log_ratio = None
         log_s = self.log_ratio
         if obj.ratio_level != "token":
             summed = (self.log_ratio * self.mask).sum(-1, keepdim=True)
             seq = summed / self.lengths.clamp(min=1) if obj.ratio_level == "sequence" else summed
-            self.seq_log_ratio = _cap(seq, obj.max_log_ratio)
+            self.seq_log_ratio = _cap(seq, obj.max_log_ratio, self.read_values)
             # value s_i on every token, gradient s_i ∇log π_t (GSPO's sg form; the same for the exact product)
             log_s = self.logprobs - self.logprobs.detach() + self.seq_log_ratio.detach()
         self.s = log_s.exp()
-        per_completion = obj.aggregation in ("seq_mean_token_mean", "seq_mean")
+        self.per_row = obj.aggregation in PER_ROW_AGGREGATIONS
         self.row_weight = row_weights(obj.aggregation, self.mask, obj.constant_length,
-                                      self.lengths if per_completion else None)
+                                      self.lengths if self.per_row else None)
         keep = _advantage_filter(self)
         if obj.sequence_mask == "off_policy":
             keep = keep * _off_policy_mask(self)
@@ -353,10 +369,12 @@ class _Context:
             keep = keep * _gtpo_weights(self)
         self.token_factor = None if isinstance(keep, float) else keep
 
-    @cached_property
+    @property
     def lengths(self) -> Tensor:
-        """|o_i|, (N, 1)."""
-        return self.mask.sum(-1, keepdim=True)
+        """|o_i|, (N, 1) (computed on first use)."""
+        if self._lengths is None:
+            self._lengths = self.mask.sum(-1, keepdim=True)
+        return self._lengths
 
     @property
     def alpha(self) -> Tensor:
@@ -367,9 +385,12 @@ class _Context:
     def weighted_sum(self, per_token: Tensor) -> Tensor:
         """Σ_i Σ_t α_{i,t} x_{i,t}, summing each row before weighting it (cheaper than forming α)."""
         masked = per_token * (self.mask if self.token_factor is None else self.mask * self.token_factor)
-        if isinstance(self.row_weight, Tensor) and self.row_weight.dim() == 2:
-            return (masked.sum(-1, keepdim=True) * self.row_weight).sum()
-        return masked.sum() * self.row_weight
+        if self.per_row:
+            return _batch_sum(masked.sum(-1, keepdim=True) * self.row_weight)
+        weight = self.row_weight
+        if isinstance(weight, Tensor):
+            weight = weight.reshape(weight.shape[:-2])  # (..., 1, 1): one number per batch
+        return _batch_sum(masked) * weight
 
 
 class LossOutput:
@@ -389,9 +410,16 @@ class LossOutput:
     def __init__(self, ctx: _Context) -> None:
         self._ctx = ctx
         self.policy_loss = _policy_loss(ctx)
-        self.regulariser = _regulariser(ctx)
         has_regulariser = ctx.objective.beta > 0 or ctx.objective.entropy_coef > 0
-        self.loss = self.policy_loss + self.regulariser if has_regulariser else self.policy_loss
+        self._regulariser = _regulariser(ctx) if has_regulariser else None
+        self.loss = self.policy_loss + self._regulariser if has_regulariser else self.policy_loss
+
+    @property
+    def regulariser(self) -> Tensor:
+        """β R (zero when the objective has none)."""
+        if self._regulariser is None:
+            self._regulariser = self.policy_loss.new_zeros(self.policy_loss.shape)
+        return self._regulariser
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v.item():.4g}" for k, v in self.scalars().items())
@@ -404,13 +432,14 @@ class LossOutput:
                 "clip_fraction_high": self.clip_fraction_high, "clip_fraction_dual": self.clip_fraction_dual}
 
     @cached_property
-    def _diagnostics(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _flags(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         with torch.no_grad():
-            return _diagnose(self._ctx)
+            return _clip_flags(self._ctx)
 
-    @property
+    @cached_property
     def weights(self) -> Tensor:
-        return self._diagnostics[0]
+        with torch.no_grad():
+            return _omega(self._ctx, *self._flags)
 
     @property
     def alpha(self) -> Tensor:
@@ -426,21 +455,24 @@ class LossOutput:
 
     @property
     def clip_fraction_low(self) -> Tensor:
-        return _token_fraction(self._diagnostics[1], self._ctx.mask)
+        return _token_fraction(self._flags[0], self._ctx.mask)
 
     @property
     def clip_fraction_high(self) -> Tensor:
-        return _token_fraction(self._diagnostics[2], self._ctx.mask)
+        return _token_fraction(self._flags[1], self._ctx.mask)
 
     @property
     def clip_fraction_dual(self) -> Tensor:
-        return _token_fraction(self._diagnostics[3], self._ctx.mask)
+        return _token_fraction(self._flags[2], self._ctx.mask)
 
     @property
     def clipped(self) -> Tensor:
         """(N, T) bool: the loss tokens the three clip fractions count (either side, and the dual clip)."""
-        _, low, high, dual = self._diagnostics
-        return (low | high | dual) & (self._ctx.mask > 0)
+        clipped = torch.zeros_like(self._ctx.mask, dtype=torch.bool)
+        for flags in self._flags:
+            if flags is not None:  # a surrogate without this kind of clip has None
+                clipped = clipped | flags
+        return clipped & (self._ctx.mask > 0)
 
 
 def _clip_range(obj: Objective) -> tuple[float, float]:
@@ -491,14 +523,13 @@ def _geometric_mean_loss(c: _Context) -> Tensor:
     size = c.lengths.clamp(min=1)
     seq_ratio = ((_gmpo_clipped_log_ratio(c) * c.mask).sum(-1, keepdim=True) / size).exp()
     seq_adv = (c.adv * c.mask).sum(-1, keepdim=True) / size
-    return -(seq_adv * seq_ratio).sum() / c.mask.shape[0]
+    return -_batch_sum(seq_adv * seq_ratio) / c.mask.shape[-2]
 
 
-def _diagnose(c: _Context) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(ω, clipped below, clipped above, dual-clipped), per token."""
+def _clip_flags(c: _Context) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Per token: (clipped below, clipped above, dual-clipped), None where the surrogate has no such clip."""
     obj, s, adv = c.objective, c.s.detach(), c.adv
-    none = torch.zeros_like(c.mask, dtype=torch.bool)
-    low, high, dual = none, none, none
+    low = high = dual = None
     if obj.surrogate == "clip":
         lo, hi = _clip_range(obj)
         low, high = (adv < 0) & (s < lo), (adv > 0) & (s > hi)
@@ -506,40 +537,68 @@ def _diagnose(c: _Context) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             high = high | ((adv > 0) & (s > obj.ratio_cap)) | ((adv < 0) & (s > max(obj.ratio_cap, hi)))
         if obj.dual_clip is not None:
             dual = (adv < 0) & (s > obj.dual_clip)
-        omega = c.alpha * s * ~(low | high | dual)
-    elif obj.surrogate == "log_prob":
-        omega = c.alpha
     elif obj.surrogate == "is_weighted_log_prob":
         lo, hi = _is_weight_range(obj)
         low, high = (s < lo).expand_as(c.mask), (s > hi).expand_as(c.mask)
-        omega = c.alpha * s.clamp(lo, hi)
+    elif obj.surrogate == "geometric_mean":
+        d = c.log_ratio.detach()
+        low, high = (adv < 0) & (d < -obj.clip_low), (adv > 0) & (d > obj.clip_high)
+    return low, high, dual
+
+
+def _omega(c: _Context, low: Tensor | None, high: Tensor | None, dual: Tensor | None) -> Tensor:
+    """ω_{i,t} of Eq. 15: the gradient per unit advantage, 0 on clipped and masked tokens."""
+    obj, s, adv = c.objective, c.s.detach(), c.adv
+    if obj.surrogate == "clip":
+        clipped = low | high if dual is None else low | high | dual
+        omega = c.alpha * s * ~clipped
+    elif obj.surrogate == "log_prob":
+        omega = c.alpha
+    elif obj.surrogate == "is_weighted_log_prob":
+        omega = c.alpha * s.clamp(*_is_weight_range(obj))
     elif obj.surrogate == "soft_gate":
         gate = torch.sigmoid(_sapo_tau(obj, adv, s.dtype) * (s - 1.0))
         omega = c.alpha * 4.0 * gate * (1.0 - gate) * s
     else:
-        d = c.log_ratio.detach()
-        low, high = (adv < 0) & (d < -obj.clip_low), (adv > 0) & (d > obj.clip_high)
         size = c.lengths.clamp(min=1)
         seq_ratio = ((_gmpo_clipped_log_ratio(c) * c.mask).sum(-1, keepdim=True) / size).exp()
-        omega = seq_ratio / (c.mask.shape[0] * size) * ~(low | high)
-    return (omega * c.mask).expand_as(c.mask), low, high, dual
+        omega = seq_ratio / (c.mask.shape[-2] * size) * ~(low | high)
+    return (omega * c.mask).expand_as(c.mask)
 
 
-def _cap(log_ratio: Tensor, cap: float) -> Tensor:
+def _cap(log_ratio: Tensor, cap: float, read_values: bool = False) -> Tensor:
     """min(log_ratio, cap) in value, identity in gradient (no backward cost: verl's clamp costs a third of a
-    GRPO loss's backward pass on CPU)."""
+    GRPO loss's backward pass on CPU). ``read_values``: first look whether any value reaches the cap; when
+    none does (the usual case) the result is ``log_ratio`` itself, the same numbers without three passes."""
+    if read_values and (log_ratio.numel() == 0 or log_ratio.detach().max().item() <= cap):
+        return log_ratio
     return log_ratio - (log_ratio - cap).clamp(min=0).detach()
+
+
+def _as(x: Tensor, dtype: torch.dtype, detach: bool = False) -> Tensor:
+    """``x.to(dtype)`` (and detached), without a call when it is already so."""
+    x = x if x.dtype == dtype else x.to(dtype)
+    return x.detach() if detach and x.requires_grad else x
+
+
+def _all_finite(x: Tensor) -> bool:
+    """No NaN or ±inf in ``x`` (one synchronisation; a scalar loss is read directly)."""
+    return math.isfinite(x.item()) if x.dim() == 0 else bool(torch.isfinite(x).all())
+
+
+PER_ROW_AGGREGATIONS = ("seq_mean_token_mean", "seq_mean")
 
 
 def row_weights(kind: str, mask: Tensor, constant_length: float | None = None,
                 lengths: Tensor | None = None) -> Tensor | float:
-    """The weight of each completion's tokens under an aggregation: (N, 1), or one number for all rows."""
-    n, horizon = mask.shape
-    if kind in ("seq_mean_token_mean", "seq_mean"):
+    """The weight of each completion's tokens under an aggregation: (..., N, 1) for the per-completion kinds,
+    else one number per batch ((..., 1, 1) for DAPO's 1/Σ|o_j|, a float for the constant kinds)."""
+    n, horizon = mask.shape[-2:]
+    if kind in PER_ROW_AGGREGATIONS:
         lengths = mask.sum(-1, keepdim=True) if lengths is None else lengths
-        return 1.0 / (n * lengths.clamp(min=1))
+        return (n * lengths.clamp(min=1)).reciprocal()  # = 1.0 / x, bit for bit, without Python's __rdiv__
     if kind == "token_mean":
-        return 1.0 / mask.sum().clamp(min=1)
+        return mask.sum((-2, -1), keepdim=True).clamp(min=1).reciprocal()
     if kind == "token_sum":
         return 1.0
     if kind == "seq_mean_token_sum":
@@ -578,7 +637,7 @@ def _trust_region_mask(c: _Context) -> Tensor:
 def _regulariser(c: _Context) -> Tensor:
     """β R: a KL estimator against π_ref under its own weights, plus GTPO's entropy term."""
     obj = c.objective
-    total = torch.zeros((), dtype=c.logprobs.dtype, device=c.logprobs.device)
+    total = torch.zeros(c.mask.shape[:-2], dtype=c.logprobs.dtype, device=c.logprobs.device)
     if obj.beta:
         kl = kl_estimate(obj.kl, c.logprobs, c.ref_logprobs, clamped=obj.kl_clamped,
                          straight_through=obj.kl_straight_through)
@@ -586,7 +645,7 @@ def _regulariser(c: _Context) -> Tensor:
             kl = kl * (c.log_ratio if c.seq_log_ratio is None else c.seq_log_ratio).exp()
         weights = aggregation_weights(obj.kl_aggregation or obj.aggregation, c.mask, obj.constant_length,
                                       c.lengths)
-        total = total + obj.beta * (weights * _advantage_filter(c) * kl).sum()
+        total = total + obj.beta * _batch_sum(weights * _advantage_filter(c) * kl)
     if obj.entropy_coef:
         total = total + obj.entropy_coef * _gtpo_entropy_term(c)
     return total
@@ -618,8 +677,16 @@ def kl_estimate(kind: str, logprobs: Tensor, ref_logprobs: Tensor, *, clamped: b
     return k2 - k2.detach() + value.detach()
 
 
-def _token_fraction(flags: Tensor, mask: Tensor) -> Tensor:
-    return (flags.to(mask.dtype) * mask).sum() / mask.sum().clamp(min=1)
+def _batch_sum(x: Tensor) -> Tensor:
+    """Σ over a batch's completions and tokens (the last two axes): one value per batch."""
+    return x.sum((-2, -1))
+
+
+def _token_fraction(flags: Tensor | None, mask: Tensor) -> Tensor:
+    """The share of the batch's loss tokens that are flagged (0 for no flags)."""
+    if flags is None:
+        return mask.new_zeros(mask.shape[:-2])
+    return _batch_sum(flags.to(mask.dtype) * mask) / _batch_sum(mask).clamp(min=1)
 
 
 def _safe_divide(centred: Tensor, sigma: Tensor, eps: float) -> Tensor:
@@ -631,9 +698,9 @@ def _whiten(rewards: Tensor, mask: Tensor | None) -> Tensor:
     """REINFORCE++: (r − mean) / sqrt(var + 1e-8) over the batch, completions weighted by their length
     (verl whitens token-level returns; Bessel's correction over the token count)."""
     w = torch.ones_like(rewards) if mask is None else mask.to(rewards.dtype).sum(-1)
-    tokens = w.sum()
-    centre = (w * rewards).sum() / tokens.clamp(min=1)
-    var = (w * (rewards - centre) ** 2).sum() / (tokens - 1).clamp(min=1)
+    tokens = w.sum(-1, keepdim=True)
+    centre = (w * rewards).sum(-1, keepdim=True) / tokens.clamp(min=1)
+    var = (w * (rewards - centre) ** 2).sum(-1, keepdim=True) / (tokens - 1).clamp(min=1)
     return (rewards - centre) * torch.rsqrt(var + WHITEN_EPS)
 
 
@@ -644,7 +711,12 @@ GTPO_AMPLIFY = 2.0  # λ on conflict tokens of positive completions (the authors
 def conflict_tokens(tokens: Tensor, advantages: Tensor, mask: Tensor, group_size: int) -> Tensor:
     """GTPO's conflict tokens, (N, T) bool: token y_{i,t} also sits at position t (counted from the start)
     or at the same distance from the end in a completion of the same group whose advantage has the other
-    sign, within the completion's leading (or trailing) run of such tokens: a shared prefix or suffix."""
+    sign, within the completion's leading (or trailing) run of such tokens: a shared prefix or suffix.
+    Leading batch axes ((S, N, T) tokens) are flattened: groups never straddle them."""
+    if tokens.dim() > 2:
+        flat = conflict_tokens(tokens.flatten(0, -2), advantages.flatten(0, tokens.dim() - 2),
+                               mask.flatten(0, -2), group_size)
+        return flat.view(tokens.shape)
     adv = advantages if advantages.dim() == 1 else advantages[:, 0]
     forward = _conflict_run(tokens, adv, mask, group_size)
     lengths = mask.sum(-1).long()
@@ -741,25 +813,28 @@ def _is_zero_one(mask: Tensor) -> bool:
     flat = mask.flatten()
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
-    low, high = torch.aminmax(flat)
-    return low.item() >= 0 and high.item() <= 1 and torch.dot(flat, flat).item() == flat.sum().item()
+    stats = torch.stack([*torch.aminmax(flat), torch.dot(flat, flat), flat.sum()])
+    low, high, squares, total = stats.tolist()  # one synchronisation
+    return low >= 0 and high <= 1 and squares == total
 
 
-def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: Tensor | None) -> None:
+def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: Tensor | None,
+                   batch_dims: int) -> None:
     _check_float_tensor("rewards", rewards)
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
+    if rewards.dim() != 1 + batch_dims:
+        expected = "1-D (N,)" if batch_dims == 0 else f"(..., N) with {batch_dims} batch dim(s)"
+        raise ValueError(f"rewards must be {expected}, got shape {tuple(rewards.shape)}")
     if isinstance(group_size, bool) or not isinstance(group_size, int):
         raise TypeError(f"group_size must be an int, got {group_size!r}")
-    n = rewards.shape[0]
+    n = rewards.shape[-1]
     if group_size < 1 or n % group_size:
         raise ValueError(f"group_size={group_size} must divide the number of completions N={n}")
     if group_method and group_size < 2:
         raise ValueError("group_size must be >= 2 for a group method: the advantage compares each completion "
                          "with the rest of its group (Eq. 2)")
     _check_finite(rewards=rewards)
-    if mask is not None and (mask.dim() != 2 or mask.shape[0] != n):
-        raise ValueError(f"mask must be (N={n}, T), got shape {tuple(mask.shape)}")
+    if mask is not None and (mask.dim() != rewards.dim() + 1 or mask.shape[:-1] != rewards.shape):
+        raise ValueError(f"mask must be (..., N={n}, T) like the rewards, got shape {tuple(mask.shape)}")
 
 
 def _finite_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tensor,
@@ -770,19 +845,20 @@ def _finite_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tensor,
 
 def _check_loss_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tensor, mask: Tensor,
                        ref: Tensor | None, tokens: Tensor | None, entropies: Tensor | None,
-                       group_size: int | None, finite: bool = True) -> None:
+                       group_size: int | None, finite: bool = True, batch_dims: int = 0) -> None:
     for name, x in (("logprobs", logprobs), ("old_logprobs", old), ("advantages", adv)):
         _check_float_tensor(name, x)
-    if logprobs.dim() != 2:
-        raise ValueError(f"logprobs must be (N, T), got shape {tuple(logprobs.shape)}")
+    if logprobs.dim() != 2 + batch_dims:
+        expected = "(N, T)" if batch_dims == 0 else f"(..., N, T) with {batch_dims} batch dim(s)"
+        raise ValueError(f"logprobs must be {expected}, got shape {tuple(logprobs.shape)}")
     shape = tuple(logprobs.shape)
     if tuple(old.shape) != shape:
         raise ValueError(f"old_logprobs has shape {tuple(old.shape)}, logprobs {shape}")
     if not isinstance(mask, Tensor) or tuple(mask.shape) != shape:
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a tensor of the shape of logprobs {shape}, got {got}")
-    if tuple(adv.shape) not in (shape[:1], shape):
-        raise ValueError(f"advantages must be (N,) or (N, T) = {shape[:1]} or {shape}, "
+    if tuple(adv.shape) not in (shape[:-1], shape):
+        raise ValueError(f"advantages must be (N,) or (N, T) = {shape[:-1]} or {shape}, "
                          f"got {tuple(adv.shape)}")
     if mask.dtype != torch.bool and not _is_zero_one(mask):
         raise ValueError("mask must hold only 0 and 1")
@@ -797,8 +873,8 @@ def _check_loss_inputs(obj: Objective, logprobs: Tensor, old: Tensor, adv: Tenso
     if obj.needs_tokens:
         if tokens is None or tuple(tokens.shape) != shape:
             raise ValueError(f"{obj.name}: GTPO needs tokens=(N, T) token ids to find conflict tokens")
-        if group_size is None or group_size < 2 or shape[0] % group_size:
-            raise ValueError(f"{obj.name}: GTPO needs group_size (>= 2, dividing N={shape[0]}) to compare "
+        if group_size is None or group_size < 2 or shape[-2] % group_size:
+            raise ValueError(f"{obj.name}: GTPO needs group_size (>= 2, dividing N={shape[-2]}) to compare "
                              f"completions within a group, got {group_size!r}")
     if obj.needs_entropies:
         if entropies is None or tuple(entropies.shape) != shape:

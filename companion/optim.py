@@ -3,12 +3,14 @@
 Parameters and `state_dict` are bit-identical to `torch.optim.AdamW` (fp32/fp64, weight decay, amsgrad,
 maximize, foreach on or off; tested over 100 steps). Two ways to get there:
 
-- diagnostics ``"off"``, or any group that is not plain (tensor lr or betas, capturable, differentiable,
-  fused, complex or half-precision or non-contiguous tensors): torch's own `step` runs, and the statistics are
-  read from the optimizer state afterwards.
+- any group that is not plain (tensor lr or betas, capturable, differentiable, fused, complex or
+  half-precision or non-contiguous tensors): torch's own `step` runs, and the statistics are read from the
+  optimizer state afterwards.
 - otherwise, a chunked loop performs torch's single-tensor operations in torch's order on slices of
   `CHUNK` elements (the same numbers, whatever `foreach` says) and reads the statistics off the intermediates
-  while they are in cache (benchmarks/bench_optimizer.py measures the cost against torch's step).
+  while they are in cache (benchmarks/bench_optimizer.py measures the cost against torch's step). With
+  diagnostics ``"off"`` it is a plain AdamW step, often faster than torch's: no temporaries the size of a
+  parameter, and no slow path of the CPU's sqrt for the exact zeros of v (`_sqrt`).
 
 All quantities use the bias corrections torch used at that step (t = the parameter's `state["step"]`):
 
@@ -44,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as _torch_adam  # torch's functional AdamW: what its `step` calls
 
 DiagnosticsLevel = Literal["off", "cheap", "full"]
 LEVELS: tuple[str, ...] = ("off", "cheap", "full")
@@ -52,6 +55,12 @@ LEVELS: tuple[str, ...] = ("off", "cheap", "full")
 # small next to the work (2^16 made "full" 1.45x torch's step on the benchmark, 2^18 1.24x), short enough
 # that the three scratch vectors stay far below a large model's size.
 CHUNK = 1 << 18
+
+# Below this many elements the slow path of sqrt costs less than looking for zeros (`_sqrt`).
+SAFE_SQRT_SIZE = 1 << 14
+# Without diagnostics, parameters of at least this many elements take the chunked step (its temporaries stay
+# in cache); smaller ones take torch's own loop, which spends less Python per tensor.
+CHUNKED_STEP_SIZE = 1 << 16
 
 CHEAP_KEYS: tuple[str, ...] = (
     "grad_norm", "m_hat_norm", "precond_norm", "c_t", "sqrt_v_hat_min", "sqrt_v_hat_mean",
@@ -212,11 +221,13 @@ class _Hyper:
 
 
 def _adamw_chunk(theta: Tensor, grad: Tensor, m: Tensor, v: Tensor, v_max: Tensor | None,
-                 work: tuple[Tensor, ...], h: _Hyper, full: bool) -> list[Tensor]:
-    """One chunk of torch's AdamW update (the same operations in the same order) and its statistics."""
+                 work: tuple[Tensor, ...], h: _Hyper, level: str) -> list[Tensor]:
+    """One chunk of torch's AdamW update (the same operations in the same order) and its statistics (none
+    at level "off")."""
     size = theta.numel()
     scratch, signs, before = work if size == work[0].numel() else (w[:size] for w in work)
     g = torch.neg(grad) if h.maximize else grad
+    full = level == "full"
     if full:
         before.copy_(theta)
     if h.weight_decay != 0:
@@ -225,15 +236,27 @@ def _adamw_chunk(theta: Tensor, grad: Tensor, m: Tensor, v: Tensor, v_max: Tenso
     v.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)
     if v_max is not None:
         v = torch.maximum(v_max, v, out=v_max)
-    sqrt_v_hat = torch.sqrt(v, out=scratch).div_(h.bc2_sqrt)
-    parts = _moment_stats(g, m, sqrt_v_hat, h.eps, signs)
+    sqrt_v_hat = _sqrt(v, scratch, signs).div_(h.bc2_sqrt)  # signs: free until the statistics
+    parts = [] if level == "off" else _moment_stats(g, m, sqrt_v_hat, h.eps, signs)
     denom = sqrt_v_hat.add_(h.eps)
     theta.addcdiv_(m, denom, value=-h.step_size)
+    if level == "off":
+        return parts
     u_raw = torch.div(m, denom, out=scratch)
     parts.append(torch.dot(u_raw, u_raw))
     if full:
         parts += _motion_stats(before.sub_(theta), g, m, signs)
     return parts
+
+
+def _sqrt(v: Tensor, out: Tensor, work: Tensor) -> Tensor:
+    """``torch.sqrt(v, out=out)``, bit for bit, avoiding the CPU kernel's slow path for exact zeros (about 3x
+    slower on a vector that holds one: a tabular policy's never-reached logits keep v = 0). Zeros go through
+    sqrt as ones and come back as 1 - 1 = 0; ``work`` (same size) holds the 0/1 indicator."""
+    if v.numel() < SAFE_SQRT_SIZE or v.device.type != "cpu" or not bool(v.amin() == 0):  # v >= 0
+        return torch.sqrt(v, out=out)
+    zero = torch.eq(v, 0, out=work)  # 1.0 where v == 0 (a float result: bool ones are slower)
+    return torch.add(v, zero, out=out).sqrt_().sub_(zero)
 
 
 class InstrumentedAdamW(torch.optim.AdamW):
@@ -298,17 +321,21 @@ class InstrumentedAdamW(torch.optim.AdamW):
         and the statistics are read from the state afterwards (then "full" keeps θ_{t−1} in one
         parameter-sized buffer).
         """
-        if self._diagnostics == "off":
-            return _torch_adamw_step(self, closure)
         if not all(_fusable(group) for group in self.param_groups):
+            if self._diagnostics == "off":
+                return _torch_adamw_step(self, closure)
             return self._step_then_read_state(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._diagnostics == "off":
+            for group in self.param_groups:
+                self._plain_group_step(group)
+            return loss
         self._steps_taken += 1
         full = self._diagnostics == "full"
-        per_group = [self._fused_group_step(group, full) for group in self.param_groups]
+        per_group = [self._fused_group_step(group, self._diagnostics) for group in self.param_groups]
         self._record(per_group, full)
         return loss
 
@@ -366,7 +393,25 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 buffer.copy_(p)
 
     @torch.no_grad()
-    def _fused_group_step(self, group: dict[str, Any], full: bool) -> tuple[Tensor | None, float]:
+    def _plain_group_step(self, group: dict[str, Any]) -> None:
+        """A step without statistics: parameters of ``CHUNKED_STEP_SIZE`` elements or more through the chunked
+        loop (no parameter-sized temporaries, no slow sqrt of zeros), the smaller ones through torch's own
+        loop (less Python per tensor). The same numbers either way."""
+        small = [p for p in group["params"] if p.grad is not None and p.numel() < CHUNKED_STEP_SIZE]
+        if small:
+            lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
+            has_complex = self._init_group({**group, "params": small}, *lists)
+            _torch_adam(*lists, foreach=group["foreach"], capturable=False, differentiable=False,
+                        fused=None, has_complex=has_complex, decoupled_weight_decay=True,
+                        amsgrad=group["amsgrad"], beta1=group["betas"][0], beta2=group["betas"][1],
+                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                        maximize=group["maximize"])
+        if len(small) < len(group["params"]):
+            large = [p for p in group["params"] if p.numel() >= CHUNKED_STEP_SIZE]
+            self._fused_group_step({**group, "params": large}, "off")
+
+    @torch.no_grad()
+    def _fused_group_step(self, group: dict[str, Any], level: str) -> tuple[Tensor | None, float]:
         """torch's `_single_tensor_adam` (non-capturable branch), chunk by chunk, plus the statistics."""
         params: list[Tensor] = []
         grads: list[Tensor] = []
@@ -390,8 +435,9 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 tensors.append(max_exp_avg_sqs[i].view(-1))
             work = self._workspace(p)
             parts: list[Tensor] = []
-            for chunk in zip(*(x.split(CHUNK) for x in tensors), strict=True):
-                parts += _adamw_chunk(*chunk[:4], chunk[4] if len(chunk) == 5 else None, work, hyper, full)
+            chunks = [tensors] if p.numel() <= CHUNK else zip(*(x.split(CHUNK) for x in tensors), strict=True)
+            for chunk in chunks:
+                parts += _adamw_chunk(*chunk[:4], chunk[4] if len(chunk) == 5 else None, work, hyper, level)
             if parts:
                 per_chunk = torch.stack(parts).view(-(-p.numel() // CHUNK), -1)
                 rows.append(_per_parameter(per_chunk, bc1, p.numel(), flip_dg=False))

@@ -12,8 +12,9 @@ not allowed before ``min_new_tokens`` (in sampling *and* in the log-probs, so th
 
 Sampling draws its randomness from one ``torch.Generator`` per seed, always the same amount per call, so
 runs that differ only in, say, reward scale see the same random numbers and diverge only when their
-parameters choose differently (inverse-CDF sampling from pre-drawn uniforms; the GPT-2 seeds the RNG of
-``model.generate`` from the generator).
+parameters choose differently (inverse-CDF sampling from pre-drawn uniforms; the GPT-2 seeds its sampler
+from the generator). A single generator instead of the list draws every seed's numbers in one call (the
+lab's ``streams="batched"``): faster for many seeds, but a seed's numbers then depend on how many run.
 
 Example::
 
@@ -25,6 +26,9 @@ Example::
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -51,24 +55,33 @@ def _fill_after_eos(tokens: Tensor, eos_id: int) -> Tensor:
     return tokens.masked_fill(after, eos_id)
 
 
-def _eos_forbidden(length: int, min_new_tokens: int, device: torch.device) -> Tensor:
-    """(length,) bool: positions where EOS may not be chosen."""
-    return torch.arange(length, device=device) < min_new_tokens
-
-
 def _token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor, eos_id: int,
                     min_new_tokens: int) -> tuple[Tensor, Tensor]:
     """logits (..., T, V+1) -> (log pi(token), detached entropy), both (..., T), 0 where mask is 0."""
-    forbid = _eos_forbidden(logits.shape[-2], min_new_tokens, logits.device)
-    eos_col = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    eos_col[eos_id] = True
-    logits = logits.masked_fill(forbid.unsqueeze(-1) & eos_col, float("-inf"))
-    logp_all = _log_softmax(logits)
-    safe_tokens = tokens.masked_fill(mask == 0, 0)
-    logp = logp_all.gather(-1, safe_tokens.unsqueeze(-1)).squeeze(-1).masked_fill(mask == 0, 0.0)
-    finite = logp_all.detach().clamp(min=torch.finfo(logp_all.dtype).min)  # 0 * log 0 = 0 below
-    entropy = -(finite.exp() * finite).sum(-1) * mask
-    return logp, entropy
+    forbid = _eos_mask(logits.shape[-2], logits.shape[-1], eos_id, min_new_tokens, logits.device)
+    logp_all = _log_softmax(logits.masked_fill(forbid, float("-inf")))
+    return _pick(logp_all, tokens, mask), _entropy(logp_all) * mask
+
+
+def _pick(logp_all: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+    """log pi of each token, (..., T), 0 where the mask is 0 (padding may hold any id)."""
+    padding = mask == 0
+    safe_tokens = tokens.masked_fill(padding, 0)
+    return logp_all.gather(-1, safe_tokens.unsqueeze(-1)).squeeze(-1).masked_fill(padding, 0.0)
+
+
+def _entropy(logp_all: Tensor) -> Tensor:
+    """Entropy of each next-token distribution, detached (0 · log 0 = 0)."""
+    finite = logp_all.detach().clamp(min=torch.finfo(logp_all.dtype).min)
+    return -(finite.exp() * finite).sum(-1)
+
+
+@functools.cache
+def _eos_mask(length: int, width: int, eos_id: int, min_new_tokens: int, device: torch.device) -> Tensor:
+    """(length, width) bool: True at EOS in the positions where EOS may not be chosen (cached: read-only)."""
+    mask = torch.zeros(length, width, dtype=torch.bool, device=device)
+    mask[:min_new_tokens, eos_id] = True
+    return mask
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
@@ -87,9 +100,26 @@ def _check_vocab(policy_vocab: tuple[str, ...], task: Task) -> None:
                          "build the policy with <Policy>.for_task(task)")
 
 
-def _check_generators(generators: list[torch.Generator], num_seeds: int) -> None:
+Generators = list[torch.Generator] | torch.Generator
+
+
+def _check_generators(generators: Generators, num_seeds: int) -> None:
+    if isinstance(generators, torch.Generator):
+        return
     if len(generators) != num_seeds:
-        raise ValueError(f"generators: need one per seed ({num_seeds}), got {len(generators)}")
+        raise ValueError(f"generators: need one per seed ({num_seeds}) or one for all, "
+                         f"got {len(generators)}")
+
+
+def _uniforms(generators: Generators, seeds: int, *shape: int) -> Tensor:
+    """``(seeds, *shape)`` float64 uniforms: seed s from ``generators[s]``, or all from one generator."""
+    if isinstance(generators, torch.Generator):
+        return torch.rand(seeds, *shape, generator=generators, dtype=torch.float64)
+    return torch.stack([torch.rand(*shape, generator=g, dtype=torch.float64) for g in generators])
+
+
+def _first(generators: Generators) -> torch.Generator:
+    return generators if isinstance(generators, torch.Generator) else generators[0]
 
 
 def _prefix_columns(prefix: Tensor | None, num_seeds: int, batch: int, group_size: int,
@@ -126,6 +156,8 @@ class TabularPolicy(nn.Module):
             raise ValueError(f"tabular policy too large: {entries} logits (num_seeds={num_seeds}, "
                              f"num_prompts={num_prompts}, depth={depth}, vocab={V}); lower depth or seeds")
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self._node_offsets = tuple(offsets)  # the same, as Python ints for the sampling loop
+        self._frozen_table: tuple[tuple[int, int, int], Tensor, Tensor] | None = None
         init = torch.zeros(num_seeds, num_prompts, num_nodes, V + 1, dtype=dtype)
         if init_scale > 0:
             for s in range(num_seeds):  # seed s uses generator seed + s, as a single run with that seed
@@ -152,25 +184,29 @@ class TabularPolicy(nn.Module):
             raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the tree depth {self.depth}")
 
     def node_ids(self, completions: Tensor) -> Tensor:
-        """(..., T) tokens -> (..., T) node of the prefix before each position (EOS read as token V-1)."""
-        V = len(self.vocab)
-        index = torch.zeros(completions.shape[:-1], dtype=torch.long, device=completions.device)
-        nodes = []
-        for t in range(completions.shape[-1]):
-            nodes.append(self.offsets[t] + index)
-            index = index * V + completions[..., t].clamp(max=V - 1)
-        return torch.stack(nodes, dim=-1)
+        """(..., T) tokens -> (..., T) node of the prefix before each position (EOS read as token V-1):
+        ``offset[t] + sum_{j<t} y_j V^(t-1-j)``, one product with a (T, T) matrix of powers of V (exact
+        in float64: at most V^MAX_TABULAR_DEPTH)."""
+        V, T = len(self.vocab), completions.shape[-1]
+        powers = [[float(V ** (t - 1 - j)) if j < t else 0.0 for t in range(T)] for j in range(T)]
+        powers = torch.tensor(powers, dtype=torch.float64, device=completions.device)
+        digits = completions.clamp(max=V - 1).to(torch.float64)
+        return (digits @ powers).long() + self.offsets[:T]
 
-    def _node_logits(self, prompt_idx: Tensor, nodes: Tensor) -> Tensor:
-        """prompt_idx (S, N), nodes (S, N, ...) -> logits (S, N, ..., V+1), via one flat row index."""
-        S, P, num_nodes, width = self.logits.shape
-        seeds = torch.arange(S, device=nodes.device).view(-1, *([1] * (nodes.dim() - 1)))
-        prompts = prompt_idx.view(*prompt_idx.shape, *([1] * (nodes.dim() - 2)))
-        rows = ((seeds * P + prompts) * num_nodes + nodes).flatten()
-        return self.logits.view(-1, width).index_select(0, rows).view(*nodes.shape, width)
+    def _row_base(self, prompt_idx: Tensor) -> Tensor:
+        """(S, N) prompts -> (S, N) flat index of each completion's (seed, prompt) table in ``logits``."""
+        S, P, num_nodes, _ = self.logits.shape
+        seeds = torch.arange(S, device=prompt_idx.device).unsqueeze(1)
+        return (seeds * P + prompt_idx) * num_nodes
+
+    def _rows(self, rows: Tensor, table: Tensor | None = None) -> Tensor:
+        """Rows of ``logits`` (or of a table of the same layout) by flat index: (...) -> (..., V+1)."""
+        table = self.logits if table is None else table
+        width = table.shape[-1]
+        return table.view(-1, width).index_select(0, rows.flatten()).view(*rows.shape, width)
 
     @torch.no_grad()
-    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
+    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: Generators, *,
                prefix: Tensor | None = None, max_new_tokens: int | None = None,
                min_new_tokens: int | None = None) -> Tensor:
         """(S, B) prompts -> (S, B*G, max_new_tokens) completions; ``prefix`` (S, B, k) is written as is."""
@@ -180,32 +216,56 @@ class TabularPolicy(nn.Module):
         _check_generators(generators, self.num_seeds)
         S, B = prompt_idx.shape
         N, device = B * group_size, self.logits.device
-        uniforms = torch.stack([torch.rand(N, T, generator=g, dtype=torch.float64) for g in generators])
-        uniforms = uniforms.to(device)
+        uniforms = _uniforms(generators, S, N, T).to(device)
         prompts = prompt_idx.to(device).repeat_interleave(group_size, dim=1)
         head = _prefix_columns(prefix, S, B, group_size, device)
         tokens = torch.full((S, N, T), self.eos_id, dtype=torch.long, device=device)
         tokens[..., :head.shape[-1]] = head
         V, index = len(self.vocab), torch.zeros(S, N, dtype=torch.long, device=device)
+        base = self._row_base(prompts)
         for t in range(T):
             if t >= head.shape[-1]:
-                logits = self._node_logits(prompts, self.offsets[t] + index)
+                logits = self._rows(base + (index + self._node_offsets[t]))
                 if t < m:
-                    logits = logits.clone()
-                    logits[..., self.eos_id] = float("-inf")
-                tokens[..., t] = _inverse_cdf(_unnormalised_probs(logits), uniforms[..., t],
-                                              V - 1 if t < m else V)
-            index = index * V + tokens[..., t].clamp(max=V - 1)
+                    logits = logits.index_fill(-1, self._eos_index(device), float("-inf"))
+                token = _inverse_cdf(_unnormalised_probs(logits), uniforms[..., t], V - 1 if t < m else V)
+                tokens[..., t] = token
+            else:
+                token = tokens[..., t]
+            index = index * V + token.clamp(max=V - 1)
         return _fill_after_eos(tokens, self.eos_id)
+
+    def _eos_index(self, device: torch.device) -> Tensor:
+        return torch.tensor([self.eos_id], device=device)
 
     def logprobs(self, task: Task, prompt_idx: Tensor, completions: Tensor, *,
                  min_new_tokens: int | None = None) -> tuple[Tensor, Tensor]:
         """(S, N) prompts, (S, N, T) completions -> (log-probs, entropy), each (S, N, T)."""
         m = task.min_new_tokens if min_new_tokens is None else min_new_tokens
         self._check(task, completions.shape[-1])
-        logits = self._node_logits(prompt_idx.to(completions.device), self.node_ids(completions))
-        mask = task.completion_mask(completions).to(logits.dtype)
-        return _token_logprobs(logits, completions, mask, self.eos_id, m)
+        rows = self._row_base(prompt_idx.to(completions.device)).unsqueeze(-1) + self.node_ids(completions)
+        mask = task.completion_mask(completions).to(self.logits.dtype)
+        trained = self.logits.requires_grad
+        if trained and (torch.is_grad_enabled() or rows.numel() < self.logits[..., 0].numel()):
+            return _token_logprobs(self._rows(rows), completions, mask, self.eos_id, m)
+        logp_table, entropy_table = self._frozen_tables(m)
+        return _pick(self._rows(rows, logp_table), completions, mask), entropy_table.view(-1)[rows] * mask
+
+    @torch.no_grad()
+    def _frozen_tables(self, min_new_tokens: int) -> tuple[Tensor, Tensor]:
+        """log pi of every node's next token, and every node's entropy, computed again only when the logits
+        change: row by row the same operations as on a batch of completions, so the same numbers. Used when no
+        gradient is needed and the logits are frozen (the lab's pi_ref) or the query has more rows than the
+        table (an exact expectation over every completion)."""
+        key = (self.logits._version, self.logits.data_ptr(), min_new_tokens)
+        if self._frozen_table is None or self._frozen_table[0] != key:
+            device, V = self.logits.device, len(self.vocab)
+            depth = torch.repeat_interleave(torch.arange(self.depth, device=device),
+                                            torch.tensor([V**t for t in range(self.depth)], device=device))
+            forbid = _eos_mask(self.depth, V + 1, self.eos_id, min_new_tokens, device)[depth]
+            logp_all = _log_softmax(self.logits.detach().masked_fill(forbid, float("-inf")))
+            self._frozen_table = (key, logp_all, _entropy(logp_all))
+        return self._frozen_table[1], self._frozen_table[2]
 
     def sequences(self, task: Task) -> Tensor:
         """Every possible completion of length ``task.max_new_tokens`` (EOS-filled), (num_sequences, T)."""
@@ -256,7 +316,7 @@ class GRUPolicy(nn.Module):
         return len(self.vocab)
 
     @torch.no_grad()
-    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
+    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: Generators, *,
                prefix: Tensor | None = None, max_new_tokens: int | None = None,
                min_new_tokens: int | None = None) -> Tensor:
         """(1, B) prompts -> (1, B*G, max_new_tokens) completions, inverse-CDF from the seed's uniforms."""
@@ -266,7 +326,7 @@ class GRUPolicy(nn.Module):
         _check_generators(generators, 1)
         B, device = prompt_idx.shape[1], self.head.weight.device
         N = B * group_size
-        uniforms = torch.rand(N, T, generator=generators[0], dtype=torch.float64).to(device)
+        uniforms = _uniforms(generators, 1, N, T)[0].to(device)
         head = _prefix_columns(prefix, 1, B, group_size, device)[0]
         prompts = task.prompts.to(device)[prompt_idx[0].to(device)].repeat_interleave(group_size, dim=0)
         out, h = self.gru(self.embed(prompts))
@@ -319,11 +379,13 @@ def build_tokenizer(vocab: tuple[str, ...]):
 class TinyGPT2Policy(nn.Module):
     """A GPT-2 built from ``GPT2Config`` (2 layers, 64 dims by default) with a local tokenizer; no download.
 
-    Sampling uses ``model.generate(num_return_sequences=G)`` with an attention mask, explicit pad/EOS ids,
-    ``min_new_tokens`` and the tokenizer's extra tokens (<pad>, <unk>) suppressed; log-probs are those of the
-    completion tokens only, over the same action space (task vocab + EOS). ``model.config.pad_token_id`` stays
-    None on purpose: ``generate`` feeds the pad of finished rows to the model without a mask, which would
-    trigger a spurious padding warning; the pad id is given to ``generate`` and the tokenizer explicitly.
+    Sampling draws what ``model.generate(do_sample=True, num_return_sequences=G)`` would, with an attention
+    mask, explicit pad/EOS ids, ``min_new_tokens`` and the tokenizer's extra tokens (<pad>, <unk>)
+    suppressed, in a loop of its own with the same model calls and a KV cache (``generate``'s set-up costs
+    more than the tiny model's forward passes; ``tests/test_policies.py`` checks the tokens against it).
+    Log-probs are those of the completion tokens only, over the same action space (task vocab + EOS).
+    ``model.config.pad_token_id`` stays None on purpose: finished rows are fed their pad token without a
+    mask, which would trigger a spurious padding warning; the pad id is given to the tokenizer explicitly.
     """
 
     num_seeds = 1
@@ -345,6 +407,8 @@ class TinyGPT2Policy(nn.Module):
                 model = GPT2LMHeadModel(config)
         self.model = model.eval()  # no dropout: pi_theta must be a function of theta (ratio = 1 at s = 1)
         self._check_tokenizer()
+        forward = inspect.signature(self.model.forward).parameters  # transformers 5 renamed the KV cache
+        self._cache_argument = "cache" if "cache" in forward else "past_key_values"
 
     @classmethod
     def for_task(cls, task: Task, **kwargs) -> TinyGPT2Policy:
@@ -384,33 +448,56 @@ class TinyGPT2Policy(nn.Module):
         return self.tokenizer.decode(ids.tolist())
 
     @torch.no_grad()
-    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: list[torch.Generator], *,
+    def sample(self, task: Task, prompt_idx: Tensor, group_size: int, generators: Generators, *,
                prefix: Tensor | None = None, max_new_tokens: int | None = None,
                min_new_tokens: int | None = None) -> Tensor:
-        """(1, B) prompts -> (1, B*G, max_new_tokens) completions via ``model.generate``."""
-        from transformers import GenerationConfig
-
+        """(1, B) prompts -> (1, B*G, max_new_tokens) completions, sampled with a KV cache exactly as
+        ``model.generate(do_sample=True, num_return_sequences=G, min_new_tokens=..., suppress_tokens=...)``
+        samples them from a generator seeded by ``generators[0]`` (the same tokens, without its set-up)."""
         T = task.max_new_tokens if max_new_tokens is None else max_new_tokens
         m = task.min_new_tokens if min_new_tokens is None else min_new_tokens
         self._check(task, T)
         _check_generators(generators, 1)
         device = self.model.device
-        rng_seed = int(torch.randint(2**62, (1,), generator=generators[0]))
+        seed = int(torch.randint(2**62, (1,), generator=_first(generators)))
+        rng = torch.Generator(device).manual_seed(seed)
         prompts = task.prompts.to(device)[prompt_idx[0].to(device)]
         k = 0 if prefix is None else prefix.shape[-1]
         inputs = prompts if prefix is None else torch.cat([prompts, prefix[0].to(device)], dim=1)
-        config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                  max_new_tokens=T - k, min_new_tokens=max(m - k, 0),
-                                  num_return_sequences=group_size, pad_token_id=self.pad_id,
-                                  eos_token_id=self.eos_id, suppress_tokens=self._extra_token_ids())
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(rng_seed)
-            out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs),
-                                      generation_config=config)
-        tokens = out[:, prompts.shape[1]:]
+        inputs = inputs.repeat_interleave(group_size, dim=0)
+        new = self._sample_tokens(inputs, T - k, max(m - k, 0), rng)
+        tokens = torch.cat([inputs[:, prompts.shape[1]:], new], dim=1)
         tokens = tokens.masked_fill(tokens == self.pad_id, self.eos_id)
         tokens = nn.functional.pad(tokens, (0, T - tokens.shape[1]), value=self.eos_id)
         return _fill_after_eos(tokens, self.eos_id).unsqueeze(0)
+
+    @torch.no_grad()
+    def _sample_tokens(self, inputs: Tensor, max_new_tokens: int, min_new_tokens: int,
+                       rng: torch.Generator) -> Tensor:
+        """Multinomial sampling at temperature 1 with a KV cache, as ``generate`` does it: the same model
+        calls (prompt, then one token at a time with the cache and a mask of ones), EOS and the extra tokens
+        set to -inf, finished rows continued with the pad token, a stop when every row has ended."""
+        n, length = inputs.shape
+        eos, pad = self.eos_id, self.pad_id
+        suppressed = torch.tensor(self._extra_token_ids(), device=inputs.device)
+        unfinished = torch.ones(n, dtype=torch.long, device=inputs.device)
+        out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs), use_cache=True)
+        new: list[Tensor] = []
+        for step in range(max_new_tokens):
+            scores = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            if step < min_new_tokens:
+                scores[:, eos] = float("-inf")
+            scores[:, suppressed] = float("-inf")
+            token = torch.multinomial(nn.functional.softmax(scores, dim=-1), 1, generator=rng).squeeze(1)
+            token = token * unfinished + pad * (1 - unfinished)
+            new.append(token)
+            unfinished = unfinished & (token != eos).long()
+            if step + 1 == max_new_tokens or not bool(unfinished.any()):
+                break
+            mask = torch.ones(n, length + step + 1, dtype=torch.long, device=inputs.device)
+            out = self.model(input_ids=token[:, None], attention_mask=mask, use_cache=True,
+                             **{self._cache_argument: out[self._cache_argument]})
+        return torch.stack(new, dim=1) if new else inputs.new_zeros(n, 0)
 
     def _extra_token_ids(self) -> list[int]:
         return list(range(self.eos_id + 1, len(self.tokenizer)))

@@ -479,3 +479,342 @@ def test_on_step_none_is_the_default_and_changes_nothing():
     task = make_task("pick")
     a, b = tabular(task), tabular(task)
     assert_same_history(run(a, task), run(b, task, on_step=lambda k, i, batch: None))
+# --- issue 13: a real Objective through the multi-seed path; the automatic progress line (perf) --------
+@pytest.mark.parametrize("name", ["grpo", "grpo_r1", "dapo", "gtpo", "gspo", "reinforce_pp"])
+def test_multi_seed_runs_with_an_objective_equal_single_seed_runs(name):
+    """Each seed's records and parameters equal a run of that seed alone: batch sums (DAPO's token count,
+    REINFORCE++'s whitening), the KL to pi_ref (R1) and GTPO's group search never mix seeds."""
+    task = make_task("pick", length="short", template="#", template_mode="shared")
+    objective = cp.Objective.preset(name, **({"gtpo_entropy_threshold": None} if name == "gtpo" else {}))
+    together = tabular(task, seeds=3, seed=11)
+    h = run(together, task, objective, seed=5)
+    assert np.isfinite(h["loss"]).all() and (h["loss"] != 0).any()
+    for s in range(3):
+        alone = tabular(task, seeds=1, seed=11 + s)
+        h1 = run(alone, task, objective, seed=5 + s)
+        assert torch.allclose(alone.logits[0], together.logits[s], atol=1e-12, rtol=0)
+        assert_same_history(h.seed(s), h1, atol=1e-12)
+
+
+def test_the_grpo_preset_trains_exactly_as_the_hand_written_clipped_objective():
+    """cp.Objective.preset("grpo") is PlainClipped (group std with Bessel, + 1e-4; 1/(G|o_i|); clip 0.2):
+    the same run, record by record, whether the lab batches the seeds or not."""
+    task = make_task("parity", n=2, length="short")
+    for seeds in (1, 3):
+        a, b = tabular(task, seeds), tabular(task, seeds)
+        ours = run(a, task, cp.Objective.preset("grpo"), lr=0.5)
+        theirs = run(b, task, PlainClipped(), lr=0.5)
+        for key in ("reward", "loss", "clip_fraction_low", "clip_fraction_high", "kl_old", "ratio_max"):
+            np.testing.assert_allclose(ours[key], theirs[key], atol=1e-12, rtol=0, err_msg=key)
+        assert torch.allclose(a.logits, b.logits, atol=1e-12, rtol=0)
+        assert ours["clip_fraction_high"].max() > 0 and ours["clip_fraction_low"].max() > 0  # clipped
+
+
+def test_an_objective_s_bad_input_is_named_in_a_multi_seed_run():
+    task = make_task("pick")
+    gtpo_without_groups = cp.Objective.preset("gtpo")
+    with pytest.raises(ValueError, match="group_size"):
+        lab.seedwise_loss(gtpo_without_groups, *(torch.zeros(2, 4, 3),) * 3, torch.ones(2, 4, 3), None,
+                          tokens=torch.zeros(2, 4, 3, dtype=torch.long), entropies=torch.zeros(2, 4, 3))
+    fields = lab.seedwise_loss(cp.Objective.preset("grpo"), torch.zeros(2, 4, 3), torch.zeros(2, 4, 3),
+                               torch.tensor([[1.0, -1, 0, 0], [0, 0, 2, -2]]), torch.ones(2, 4, 3), None)
+    assert fields["loss"].shape == (2,) and set(fields) >= {"loss", "clip_fraction_high"}
+    assert run(tabular(task, 2), task, cp.Objective.preset("grpo"), steps=1)["loss"].shape == (2, 2)
+
+
+_PROGRESS_LINES: list = []
+
+
+class _RecordingProgress:
+
+    def __init__(self, total, desc="", *, started=None):
+        self.total, self.desc, self.done, self.closed = total, desc, 0, False
+        _PROGRESS_LINES.append(self)
+
+    def update(self, n=1):
+        self.done += n
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize(("after_seconds", "progress", "shown"), [
+    (0.0, None, True), (60.0, None, False), (0.0, False, False), (60.0, True, True)])
+def test_the_progress_line_opens_by_itself_on_long_runs_outside_pytest(monkeypatch, after_seconds, progress,
+                                                                       shown):
+    monkeypatch.setattr(lab, "under_pytest", lambda: False)
+    monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", after_seconds)
+    monkeypatch.setattr(lab, "Progress", _RecordingProgress)
+    _PROGRESS_LINES.clear()
+    task = make_task("pick")
+    run(tabular(task), task, steps=5, progress=progress)
+    if not shown:
+        assert _PROGRESS_LINES == []
+        return
+    (line,) = _PROGRESS_LINES
+    assert (line.total, line.desc, line.done, line.closed) == (5, "train", 5, True)
+
+
+def test_the_automatic_progress_line_stays_silent_under_pytest(monkeypatch):
+    monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(lab, "Progress", _RecordingProgress)
+    _PROGRESS_LINES.clear()
+    task = make_task("pick")
+    run(tabular(task), task, steps=3)
+    assert _PROGRESS_LINES == []
+    run(tabular(task), task, steps=1, progress=True)  # a one-step run has nothing left to show
+    assert _PROGRESS_LINES == []
+
+
+def test_batched_streams_are_an_explicit_choice_with_their_own_guarantees():
+    """streams="batched": one generator for all seeds. Reproducible, identical to "per_seed" for one seed,
+    and, unlike "per_seed", a seed's run depends on how many seeds run with it."""
+    task = make_task("pick", length="short", template="#", template_mode="shared")
+    a = run(tabular(task, 3), task, streams="batched", seed=4)
+    b = run(tabular(task, 3), task, streams="batched", seed=4)
+    assert_same_history(a, b)
+    assert a.config["streams"] == "batched"
+    one_per_seed = run(tabular(task, 1), task, seed=4)
+    one_batched = run(tabular(task, 1), task, seed=4, streams="batched")
+    assert_same_history(one_per_seed, one_batched)
+    two = run(tabular(task, 2), task, streams="batched", seed=4)
+    assert not np.array_equal(two["reward"][:, 0], a["reward"][:, 0])  # seed 0 draws with its neighbours
+    per_seed = run(tabular(task, 3), task, seed=4)
+    assert_same_history(per_seed.seed(0), one_per_seed)
+    gru = make_task("pick")
+    assert_same_history(run(GRUPolicy.for_task(gru, seed=1), gru, lr=0.01, streams="batched"),
+                        run(GRUPolicy.for_task(gru, seed=1), gru, lr=0.01))
+    with pytest.raises(ValueError, match="streams"):
+        run(tabular(task), task, streams="shared")
+
+
+def test_the_default_optimizer_is_torch_adamw_bit_for_bit():
+    task = make_task("add", base=3, length="short")
+    ours, torchs = TabularPolicy.for_task(task, num_seeds=4), TabularPolicy.for_task(task, num_seeds=4)
+    h = run(ours, task, cp.Objective.preset("grpo_r1"), lr=0.3, steps=10)
+    h_torch = run(torchs, task, cp.Objective.preset("grpo_r1"), lr=0.3, steps=10,
+                  optimizer=lambda p: torch.optim.AdamW(p, lr=0.3))
+    assert torch.equal(ours.logits, torchs.logits)
+    assert_same_history(h, h_torch)
+    assert (ours.logits.detach() == 0).any()  # v = 0 somewhere: the zero-safe sqrt ran
+
+
+def test_the_config_records_every_choice():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, cp.Objective.preset("dapo"), seed=3, sampling="fixed", streams="batched")
+    assert h.config == dict(task="pick", objective="dapo", steps=6, group_size=4, prompts_per_step=3,
+                            inner_steps=2, seed=3, sampling="fixed", device="cpu", streams="batched",
+                            target_kl=None)
+    assert run(tabular(task), task, steps=1).config["objective"] == "PlainClipped"  # no name: the class
+
+
+def test_zero_steps_give_an_empty_history():
+    task = make_task("pick")
+    policy = tabular(task, 2)
+    before = policy.logits.detach().clone()
+    h = run(policy, task, steps=0)
+    assert len(h) == 0 and h["outer_step"].shape == (0,) and torch.equal(policy.logits, before)
+
+
+class WithExtras(PlainClipped):
+    """Its output carries a per-token tensor and a string beside the scalars: only scalars are recorded."""
+
+    def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None):
+        out = super().loss(logprobs, old_logprobs, adv, mask, ref_logprobs)
+        out.per_token = torch.ones_like(mask)
+        out.note = "not a tensor"
+        out.scalar_with_grad = logprobs.sum() * 0
+        return out
+
+
+def test_only_scalar_tensors_of_a_custom_objective_are_recorded_and_detached():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, WithExtras())
+    assert {"loss", "clip_fraction_low", "clip_fraction_high", "scalar_with_grad"} <= set(h.keys())
+    assert "per_token" not in h and "note" not in h
+    assert h["scalar_with_grad"].shape == (12, 2)
+
+
+def test_optimizer_columns_keep_the_totals_not_the_groups():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, optimizer=lambda p: cp.InstrumentedAdamW(p, lr=0.1))
+    assert "opt_grad_norm" in h and not any("/" in key for key in h)
+
+
+def test_a_sampled_template_is_sampled_per_completion_not_per_group():
+    task = make_task("pick", template="##", template_mode="sampled")
+    policy = TabularPolicy.for_task(task, init_scale=0.5)
+    generators = [torch.Generator().manual_seed(0)]
+    batch = lab._rollout(policy, copy.deepcopy(policy), task, PlainClipped(), generators, 6, 4, "on_policy",
+                         torch.device("cpu"))
+    heads = batch.completions[0, :, :2].reshape(6, 4, 2)
+    assert not (heads == heads[:, :1]).all()  # the completions of a group do not share their first tokens
+
+
+def test_kl_ref_false_skips_the_reference_only_where_nothing_uses_it():
+    task = make_task("pick", length="short")
+    with_ref, without = tabular(task, 2), tabular(task, 2)
+    h = run(with_ref, task, cp.Objective.preset("grpo"))
+    h_skip = run(without, task, cp.Objective.preset("grpo"), kl_ref=False)
+    assert "kl_ref" in h and "kl_ref" not in h_skip
+    assert torch.equal(with_ref.logits, without.logits)  # beta = 0: the same training
+    assert_same_history(h_skip, lab.History({k: v for k, v in h.columns.items() if k != "kl_ref"}, 2))
+    # an objective with a KL term still gets pi_ref (and the column comes free)
+    r1 = cp.Objective.preset("grpo_r1")
+    a, b = tabular(task, 2), tabular(task, 2)
+    assert_same_history(run(a, task, r1), run(b, task, r1, kl_ref=False))
+    # fixed sampling samples from pi_ref; a custom objective gets ref_logprobs=None
+    seen = []
+
+    class Spy(PlainClipped):
+        def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None):
+            seen.append(ref_logprobs)
+            return super().loss(logprobs, old_logprobs, adv, mask, ref_logprobs)
+
+    fixed = run(tabular(task, 2), task, Spy(), sampling="fixed", kl_ref=False, steps=2)
+    assert "kl_ref" not in fixed and all(r is None for r in seen)
+    gpt = make_task("pick")
+    h_gpt = lab.train(TinyGPT2Policy.for_task(gpt, seed=0), gpt, cp.Objective.preset("grpo"), steps=2,
+                      group_size=4, prompts_per_step=2, lr=1e-3, device="cpu", kl_ref=False)
+    h_gpt_ref = lab.train(TinyGPT2Policy.for_task(gpt, seed=0), gpt, cp.Objective.preset("grpo"), steps=2,
+                          group_size=4, prompts_per_step=2, lr=1e-3, device="cpu")
+    np.testing.assert_array_equal(h_gpt["loss"], h_gpt_ref["loss"])
+
+
+def test_ratio_extremes_bracket_one_after_the_first_inner_step():
+    task = make_task("pick", length="short")
+    h = run(tabular(task, 2), task, lr=1.0)
+    later = h["inner_step"] == 1
+    assert (h["ratio_max"][later] >= h["ratio_min"][later]).all()
+    assert (h["ratio_max"][later] > 1).any() and (h["ratio_min"][later] < 1).any()
+
+
+def test_an_optimizer_reused_across_runs_reports_each_run_s_rows_only():
+    task = make_task("pick")
+    policy = tabular(task, 2)
+    opt = cp.InstrumentedAdamW(policy.parameters(), lr=0.1)
+    first = run(policy, task, optimizer=opt)
+    second = run(policy, task, optimizer=opt, steps=3)
+    assert len(opt.history) == 12 + 6
+    np.testing.assert_array_equal(second["opt_step"], np.arange(13, 19))
+    np.testing.assert_array_equal(first["opt_step"], np.arange(1, 13))
+
+
+class _ListHistory(torch.optim.SGD):
+    history: list = []  # noqa: RUF012 (a `history` that is not InstrumentedAdamW's: ignored)
+
+
+def test_an_optimizer_history_without_keys_is_ignored():
+    task = make_task("pick")
+    h = run(tabular(task), task, optimizer=lambda p: _ListHistory(p, lr=0.1))
+    assert not any(key.startswith("opt_") for key in h)
+
+
+def test_a_shared_template_records_the_probability_of_the_sampled_prefix():
+    task = make_task("pick", template="#", template_mode="shared")
+    policy = TabularPolicy.for_task(task, init_scale=2.0, seed=3)
+    batch = lab._rollout(policy, copy.deepcopy(policy), task, PlainClipped(),
+                         [torch.Generator().manual_seed(0)], 8, 4, "on_policy", torch.device("cpu"))
+    logp, _ = policy.logprobs(task, batch.prompt_idx, batch.completions)
+    shared = lab._prefix_probs(policy, task, batch.prompt_idx, batch.completions, logp)
+    torch.testing.assert_close(shared, logp[..., :1].detach().exp().mean(1))
+    forced = make_task("pick", template="#", template_mode="forced")
+    template = lab._prefix_probs(policy, forced, batch.prompt_idx, batch.completions, logp)
+    assert not torch.allclose(shared, template)  # the sampled prefix, not the template's '#'
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"prompts_per_step": 0}, "prompts_per_step must be >= 1"), ({"steps": -1}, "steps must be >= 0"),
+    ({"inner_steps": 0}, "inner_steps must be >= 1"), ({"streams": "x"}, "streams must be one of"),
+])
+def test_bad_arguments_are_named_first(kwargs, message):
+    task = make_task("pick")
+    with pytest.raises(ValueError, match="^" + message):
+        run(tabular(task), task, **kwargs)
+
+
+def test_one_prompt_per_step_and_the_default_of_fifty_steps():
+    task = make_task("pick")
+    h = lab.train(tabular(task), task, PlainClipped(), group_size=2, prompts_per_step=1, device="cpu")
+    assert len(h) == 50 and h.config["steps"] == 50 and h.config["prompts_per_step"] == 1
+
+
+@pytest.mark.parametrize("mode", ["forced", "shared"])
+def test_a_one_token_template_reaches_the_batch(mode):
+    task = make_task("pick", template="#", template_mode=mode)
+    policy = TabularPolicy.for_task(task, init_scale=2.0)
+    generators = [torch.Generator().manual_seed(0)]
+    batch = lab._rollout(policy, copy.deepcopy(policy), task, PlainClipped(), generators, 6, 4, "on_policy",
+                         torch.device("cpu"))
+    heads = batch.completions[0, :, 0].reshape(6, 4)
+    assert (heads == heads[:, :1]).all()  # shared by each group
+    if mode == "forced":
+        assert (heads == task.vocab.index("#")).all()
+
+
+def test_a_kl_field_with_beta_zero_does_not_need_the_reference():
+    task = make_task("pick")
+    h = run(tabular(task, 2), task, cp.Objective.preset("grpo", kl="k3", beta=0.0), kl_ref=False)
+    assert "kl_ref" not in h
+
+
+def test_a_single_seed_custom_objective_runs_without_the_reference():
+    task = make_task("pick")
+    h = run(tabular(task), task, PlainClipped(), kl_ref=False)
+    assert "kl_ref" not in h and np.isfinite(h["loss"]).all()
+
+
+def test_an_explicit_device_is_kept_when_cuda_is_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert lab.resolve_device(None).type == "cuda"
+    task = make_task("pick")
+    assert run(tabular(task), task, steps=1).config["device"] == "cpu"  # run() passes device="cpu"
+
+
+def test_the_progress_estimate_is_the_time_per_step_times_the_steps(monkeypatch):
+    """A fake clock: every reading is one second later. After the first of 10 steps the run looks like ten
+    seconds or more: over a threshold of 5 s the line opens, under one of 50 s it does not."""
+    clock = iter(range(10**6))
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return float(next(clock))
+
+    monkeypatch.setattr(lab, "time", FakeTime)
+    monkeypatch.setattr(lab, "under_pytest", lambda: False)
+    monkeypatch.setattr(lab, "Progress", _RecordingProgress)
+    task = make_task("pick")
+    for threshold, shown in ((5.0, True), (50.0, False)):
+        monkeypatch.setattr(lab, "PROGRESS_AFTER_SECONDS", threshold)
+        _PROGRESS_LINES.clear()
+        run(tabular(task), task, steps=10, inner_steps=1)
+        assert bool(_PROGRESS_LINES) == shown, threshold
+
+
+def test_a_seed_of_a_history_keeps_the_config():
+    task = make_task("pick")
+    h = run(tabular(task, 3), task)
+    one = h.seed(2)
+    assert one.num_seeds == 1 and one.config == h.config and one.config["group_size"] == 4
+
+
+def test_a_custom_objective_gets_the_reference_log_probs_on_every_seed():
+    seen = []
+
+    class Spy(PlainClipped):
+        def loss(self, logprobs, old_logprobs, adv, mask, ref_logprobs=None):
+            seen.append(ref_logprobs)
+            return super().loss(logprobs, old_logprobs, adv, mask, ref_logprobs)
+
+    task = make_task("pick")
+    run(tabular(task, 3), task, Spy(), steps=1, inner_steps=1)
+    assert seen and all(r is not None and r.shape == (12, task.max_new_tokens) for r in seen)
+
+
+def test_the_default_seed_is_zero():
+    task = make_task("pick")
+    default = lab.train(tabular(task), task, PlainClipped(), steps=3, group_size=4, device="cpu")
+    zero = lab.train(tabular(task), task, PlainClipped(), steps=3, group_size=4, device="cpu", seed=0)
+    assert default.config["seed"] == 0
+    assert_same_history(default, zero)

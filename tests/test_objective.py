@@ -600,3 +600,284 @@ def test_objective_is_immutable_and_hashable():
         obj.beta = 1.0  # type: ignore[misc]
     assert obj == cp.Objective.preset("grpo_r1") and hash(obj) == hash(cp.Objective.preset("grpo_r1"))
     assert math.isclose(obj.with_(beta=0.1).beta, 0.1)
+
+
+# --- issue 13: GTPO's conflict-token search never reads padding (perf) ---------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_conflict_tokens_match_the_reference_and_ignore_adversarial_padding(seed):
+    """Padding (mask 0) copies, position by position, a token that an opposite-sign completion of the group
+    has there, from the start and from the end: counted as tokens, it would extend the conflict runs."""
+    from eq1_reference import gtpo_lambda
+
+    b = batch(seed, n_groups=4, group_size=4, horizon=7)
+    tokens, mask = b["tokens"].clone(), b["mask"]
+    adv = cp.Objective.preset("gtpo").advantages(b["rewards"], 4)
+    lengths = mask.sum(-1).long()
+    for i in range(tokens.shape[0]):
+        group = range(i // 4 * 4, i // 4 * 4 + 4)
+        opposite = [j for j in group if adv[j] * adv[i] < 0]
+        for t in range(int(lengths[i]), tokens.shape[1]):
+            if opposite:
+                j = opposite[t % len(opposite)]
+                tokens[i, t] = tokens[j, t] if t < lengths[j] else tokens[j, lengths[j] - 1]
+    conflict = conflict_tokens(tokens, adv, mask, 4)
+    lam = gtpo_lambda(tokens.tolist(), adv.tolist(), mask.tolist(), 4)
+    expected = torch.tensor([[value != 1.0 for value in row] for row in lam])
+    assert torch.equal(conflict, expected)
+    assert not conflict[mask == 0].any()
+    # the same search with EOS-like constant padding finds the same conflicts
+    plain = b["tokens"].masked_fill(mask == 0, 9)
+    assert torch.equal(conflict_tokens(plain, adv, mask, 4), conflict_tokens(tokens, adv, mask, 4))
+
+
+def test_conflict_tokens_by_hand():
+    """Two groups of two: a shared prefix (from the start), a shared suffix (from the end, with different
+    lengths), and a tie (A = 0 has no sign: no conflict)."""
+    tokens = torch.tensor([[1, 2, 3, 0], [1, 2, 4, 3],    # group 0: prefix 1 2, suffix ... 3
+                           [5, 6, 7, 8], [5, 6, 7, 8]])   # group 1: identical rows
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]])
+    adv = torch.tensor([1.0, -1.0, 0.0, 1.0])
+    conflict = conflict_tokens(tokens, adv, mask, 2)
+    expected = torch.tensor([[True, True, True, False], [True, True, False, True],
+                             [False, False, False, False], [False, False, False, False]])
+    assert torch.equal(conflict, expected)
+
+
+# --- issue 13: batch_dims, a seed axis without vmap (perf) ----------------------------------------------
+@pytest.mark.parametrize("name", sorted(cp.PRESETS))
+def test_batch_dims_give_each_seed_its_own_loss_and_diagnostics(name):
+    """batch_dims=1 on (S, N, T): the same numbers as vmap over the seed axis, bit for bit, and as a call per
+    seed; DAPO's token count, REINFORCE++'s whitening, GPG's alpha and GTPO's groups stay within a seed."""
+    seeds = [batch(s) for s in (21, 22, 23)]
+    keys = ("lp", "old", "ref", "mask", "rewards", "tokens", "entropies")
+    stacked = {k: torch.stack([b[k] for b in seeds]) for k in keys}
+    obj = cp.Objective.preset(name)
+    adv = obj.advantages(stacked["rewards"], 4, stacked["mask"], batch_dims=1)
+    lp = stacked["lp"].clone().requires_grad_(True)
+    out = obj.loss(lp, stacked["old"], adv, stacked["mask"], stacked["ref"], tokens=stacked["tokens"],
+                   entropies=stacked["entropies"], group_size=4, batch_dims=1)
+    out.loss.sum().backward()
+
+    def one(lp_, old, ref, mask, rewards, tokens, entropies):
+        a = obj.advantages(rewards, 4, mask, validate=False)
+        o = obj.loss(lp_, old, a, mask, ref, tokens=tokens, entropies=entropies, group_size=4, validate=False)
+        return a, o.scalars(), o.weights
+
+    vmapped_adv, vmapped, vmapped_weights = torch.func.vmap(one)(*(stacked[k] for k in keys))
+    assert torch.equal(adv, vmapped_adv) and torch.equal(out.weights, vmapped_weights)
+    for key, value in out.scalars().items():
+        assert value.shape == (3,) and torch.equal(value.detach(), vmapped[key].detach()), key
+    for s, b in enumerate(seeds):
+        x = b["lp"].clone().requires_grad_(True)
+        alone = objective_loss(obj, b, x)
+        alone.loss.backward()
+        torch.testing.assert_close(adv[s], obj.advantages(b["rewards"], 4, b["mask"]), atol=1e-12, rtol=0)
+        for key, value in alone.scalars().items():
+            torch.testing.assert_close(out.scalars()[key][s].detach(), value.detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(lp.grad[s], x.grad, atol=1e-12, rtol=0)
+        torch.testing.assert_close(out.alpha[s], alone.alpha, atol=1e-15, rtol=0)
+
+
+def test_batch_dims_shapes_are_checked():
+    obj = cp.Objective.preset("grpo_r1")
+    b = batch(24)
+    two = {k: torch.stack([b[k], b[k]]) for k in ("lp", "old", "ref", "mask", "rewards")}
+    with pytest.raises(ValueError, match="1-D"):
+        obj.advantages(two["rewards"], 4)  # a seed axis must be asked for
+    with pytest.raises(ValueError, match="batch dim"):
+        obj.advantages(b["rewards"], 4, batch_dims=1)
+    with pytest.raises(ValueError, match="mask"):
+        obj.advantages(two["rewards"], 4, two["mask"][0], batch_dims=1)
+    adv = obj.advantages(two["rewards"], 4, batch_dims=1)
+    with pytest.raises(ValueError, match=r"\(N, T\)"):
+        obj.loss(two["lp"], two["old"], adv, two["mask"], two["ref"])
+    with pytest.raises(ValueError, match="batch dim"):
+        obj.loss(b["lp"], b["old"], adv[0], b["mask"], b["ref"], batch_dims=1)
+    with pytest.raises(ValueError, match="advantages"):
+        obj.loss(two["lp"], two["old"], adv[:, :6], two["mask"], two["ref"], batch_dims=1)
+    bad = two["lp"].clone()
+    bad[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="logprobs"):
+        obj.loss(bad, two["old"], adv, two["mask"], two["ref"], batch_dims=1)
+    out = obj.loss(two["lp"], two["old"], adv, two["mask"], two["ref"], batch_dims=1)
+    assert out.loss.shape == (2,) and torch.equal(out.loss[0], out.loss[1])
+
+
+# --- issue 13: survivors of the objective mutation sample (perf) -----------------------------------------
+def test_cispo_counts_the_tokens_whose_is_weight_is_clipped():
+    b = batch(31)
+    lp = b["lp"].clone()
+    lp[1] = b["old"][1] + 2.0  # s = e^2 > 5: CISPO's IS weight is clipped on every token of row 1
+    obj = cp.Objective.preset("cispo", is_weight_low=0.5)
+    out = objective_loss(obj, b, lp)
+    s = (lp - b["old"]).exp()
+    tokens = b["mask"].sum()
+    assert out.clip_fraction_high.item() == pytest.approx(((s > 5.0) * b["mask"]).sum() / tokens)
+    assert out.clip_fraction_low.item() == pytest.approx(((s < 0.5) * b["mask"]).sum() / tokens)
+    assert out.clip_fraction_high > 0 and out.clip_fraction_low > 0
+
+
+def test_verl_low_var_kl_clamps_the_log_ratio_at_20_and_the_value_at_10():
+    from companion.objective import kl_estimate
+
+    lp = torch.tensor([[-30.0, -20.5, 0.0, 20.5]], dtype=torch.float64)
+    ref = torch.zeros_like(lp)
+    value = kl_estimate("k3", lp, ref, clamped=True)
+    x = (ref - lp).clamp(-20.0, 20.0)
+    torch.testing.assert_close(value, (torch.expm1(x) - x).clamp(-10.0, 10.0), rtol=0, atol=0)
+    assert value[0].tolist() == [10.0, 10.0, 0.0, 10.0]  # verl's bounds bind at both ends
+    assert kl_estimate("k3", lp, ref)[0, 3].item() == pytest.approx(math.expm1(-20.5) + 20.5)  # unclamped
+
+
+def test_a_constant_length_sets_the_constant_weights():
+    b = batch(32)
+    obj = cp.Objective(aggregation="constant", constant_length=10.0)
+    out = objective_loss(obj, b, b["lp"])
+    torch.testing.assert_close(out.alpha, b["mask"] / (12 * 10.0), rtol=0, atol=0)
+    no_length = objective_loss(cp.Objective(aggregation="constant"), b, b["lp"])
+    torch.testing.assert_close(no_length.alpha, b["mask"] / (12 * b["mask"].shape[1]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    (dict(is_weight_high=0.0), "is_weight_high"), (dict(is_weight_high=-1.0), "is_weight_high"),
+    (dict(adv_threshold=-0.5), "adv_threshold"), (dict(is_weight_low=-0.1), "is_weight_low"),
+    (dict(token_mask="trust_region", clip_low=None), "trust_region"),
+    (dict(token_mask="trust_region", clip_high=None), "trust_region"),
+])
+def test_more_bad_fields_are_named(fields, match):
+    with pytest.raises(ValueError, match=rf"\b{match}\b"):
+        cp.Objective(**fields)
+    assert cp.Objective(token_mask="trust_region").token_mask == "trust_region"
+
+
+def test_old_logprobs_and_advantages_never_carry_gradient():
+    b = batch(33)
+    obj = cp.Objective.preset("grpo_r1")
+    old = b["old"].clone().requires_grad_(True)
+    adv = obj.advantages(b["rewards"], 4).requires_grad_(True)
+    lp = b["lp"].clone().requires_grad_(True)
+    out = obj.loss(lp, old, adv, b["mask"], ref_logprobs=b["ref"])
+    grads = torch.autograd.grad(out.loss, (lp, old, adv), allow_unused=True)
+    assert grads[0] is not None and grads[1] is None and grads[2] is None
+
+
+def test_a_non_float_old_logprobs_is_named():
+    b = batch(34)
+    with pytest.raises(TypeError, match="old_logprobs"):
+        cp.Objective.preset("grpo").loss(b["lp"], b["old"].long(), torch.zeros(12, dtype=torch.float64),
+                                         b["mask"])
+
+
+def test_trl_delta_cap_flags_a_negative_advantage_only_above_both_bounds():
+    """A < 0: min(min(s, δ) A, clip(s) A) has zero gradient only where s > max(δ, 1 + ε); at s = max exactly
+    the clip still passes the gradient (the boundary belongs to the unclipped side)."""
+    obj = cp.Objective.preset("grpo", ratio_cap=1.5)
+    mask = torch.ones(1, 3, dtype=torch.float64)
+    lp = torch.log(torch.tensor([[1.5, 1.5 + 1e-9, 1.0]], dtype=torch.float64))
+    out = obj.loss(lp, torch.zeros_like(lp), torch.tensor([-1.0], dtype=torch.float64), mask)
+    assert out.clip_fraction_high.item() == pytest.approx(1 / 3)
+
+
+def test_verl_plus_kl_types_take_k2_s_gradient_through_the_objective():
+    b = batch(35)
+    plus = cp.Objective(kl="k1", beta=0.1, kl_straight_through=True)
+    k2 = cp.Objective(kl="k2", beta=0.1)
+    k1 = cp.Objective(kl="k1", beta=0.1)
+    grads = {}
+    for name, obj in (("plus", plus), ("k2", k2), ("k1", k1)):
+        lp = b["lp"].clone().requires_grad_(True)
+        out = objective_loss(obj, b, lp)
+        (grads[name],) = torch.autograd.grad(out.regulariser, lp)
+        grads[name + "_value"] = out.regulariser.detach()
+    torch.testing.assert_close(grads["plus"], grads["k2"], rtol=0, atol=1e-15)
+    torch.testing.assert_close(grads["plus_value"], grads["k1_value"], rtol=0, atol=1e-15)
+    assert not torch.allclose(grads["k1"], grads["k2"])
+
+
+def test_cispo_trust_region_mask_drops_the_tokens_the_clip_would_zero():
+    b = batch(36, spread=0.5)
+    obj = cp.Objective(token_mask="trust_region", surrogate="is_weighted_log_prob", aggregation="token_mean",
+                       is_weight_high=5.0)
+    adv = obj.advantages(b["rewards"], 4)
+    out = objective_loss(obj, b, b["lp"], adv)
+    s = (b["lp"] - b["old"]).exp()
+    a = adv.unsqueeze(1)
+    dropped = ((a > 0) & (s > 1.2)) | ((a < 0) & (s < 0.8))
+    assert dropped[b["mask"] > 0].any() and not dropped[b["mask"] > 0].all()
+    assert torch.all(out.alpha[dropped] == 0) and torch.all(out.alpha[~dropped & (b["mask"] > 0)] > 0)
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    (dict(gtpo=True, gtpo_entropy_threshold=-0.1), "gtpo_entropy_threshold"),
+    (dict(gpg_alpha="sometimes"), "gpg_alpha"),
+])
+def test_gtpo_and_gpg_fields_are_checked(fields, match):
+    with pytest.raises(ValueError, match=match):
+        cp.Objective(**fields)
+
+
+def test_gpg_nonzero_reward_alpha_counts_per_batch_and_a_single_nonzero_reward():
+    obj = cp.Objective(gpg_alpha="nonzero_reward", std_scale=None)
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    batched = obj.advantages(rewards, 2, batch_dims=1)
+    for s in range(2):
+        torch.testing.assert_close(batched[s], obj.advantages(rewards[s], 2), rtol=0, atol=0)
+    centred = rewards[0].view(2, 2) - rewards[0].view(2, 2).mean(1, keepdim=True)
+    torch.testing.assert_close(batched[0], centred.reshape(4) * 4.0, rtol=0, atol=0)  # N / #(r != 0) = 4
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(is_weight_low=-0.1), "is_weight_low must be >= 0.0"),
+    (dict(token_mask="bogus"), "token_mask='bogus' is not one of"),
+    (dict(surrogate="geometric_mean", aggregation="seq_mean", clip_low=None), "geometric_mean clips"),
+    (dict(surrogate="geometric_mean", aggregation="seq_mean", clip_high=None), "geometric_mean clips"),
+])
+def test_field_errors_start_with_the_field(fields, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        cp.Objective(**fields)
+
+
+def test_loss_input_errors_name_the_input_first():
+    b = batch(37)
+    obj = cp.Objective.preset("grpo")
+    adv = obj.advantages(b["rewards"], 4)
+    with pytest.raises(TypeError, match=r"^advantages must be a floating-point"):
+        obj.loss(b["lp"], b["old"], adv.long(), b["mask"])
+    with pytest.raises(ValueError, match=r"^advantages has a non-finite value"):
+        obj.loss(b["lp"], b["old"], torch.full_like(adv, float("inf")), b["mask"])
+    obj.check_inputs(b["lp"], b["old"], adv, b["mask"])  # the public check passes what loss accepts
+    with pytest.raises(ValueError, match=r"^advantages must be"):
+        obj.check_inputs(b["lp"], b["old"], adv[:5], b["mask"])
+
+
+def test_gtpo_accepts_groups_of_two():
+    b = batch(38, n_groups=6, group_size=2)
+    obj = cp.Objective.preset("gtpo", gtpo_entropy_threshold=None)
+    out = obj.loss(b["lp"], b["old"], obj.advantages(b["rewards"], 2), b["mask"], tokens=b["tokens"],
+                   entropies=b["entropies"], group_size=2)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="group_size"):
+        obj.loss(b["lp"], b["old"], obj.advantages(b["rewards"], 2), b["mask"], tokens=b["tokens"],
+                 entropies=b["entropies"], group_size=1)
+
+
+def test_gmpo_never_counts_a_zero_advantage_as_clipped():
+    obj = cp.Objective.preset("gmpo")
+    lp = torch.full((2, 3), 1.0, dtype=torch.float64)  # log-ratio 1 > clip_high on every token
+    out = obj.loss(lp, torch.zeros_like(lp), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                   torch.ones_like(lp))
+    assert out.clip_fraction_high.item() == pytest.approx(0.5)  # the positive row only
+
+
+def test_reinforce_pp_whitens_a_single_reward_to_zero():
+    adv = cp.Objective.preset("reinforce_pp").advantages(torch.tensor([3.0]), 1, torch.ones(1, 4))
+    assert adv.tolist() == [0.0]
+    adv = cp.Objective.preset("reinforce_pp").advantages(torch.tensor([3.0]), 1, torch.tensor([[1.0, 0.0]]))
+    assert adv.tolist() == [0.0]  # one token: the centre is the reward itself
+
+
+def test_loss_output_repr_lists_the_scalars():
+    b = batch(39)
+    out = objective_loss(cp.Objective.preset("grpo"), b, b["lp"])
+    text = repr(out)
+    assert text.startswith("LossOutput(loss=") and ", policy_loss=" in text and text.endswith(")")

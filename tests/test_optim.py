@@ -433,3 +433,210 @@ def test_a_group_added_mid_run_gets_nan_padded_columns():
     column = opt.history["grad_norm/group1"]
     assert len(column) == 3 and np.isnan(column[:2]).all() and column[2] > 0
     assert opt.history["grad_norm"][2] == pytest.approx(math.sqrt(sum(p.numel() for p in params)), rel=1e-6)
+
+
+# --- issue 13: torch's own step for capturable and differentiable groups; History.clear (perf) ---------
+@pytest.mark.parametrize("level", ["cheap", "full"])
+def test_differentiable_groups_take_torch_step_keep_the_graph_and_report(level):
+    """differentiable=True: the step itself is part of the autograd graph (parameters are non-leaf), which
+    only torch's step keeps; the diagnostics are read from the state afterwards."""
+    def build():
+        leaf = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                           requires_grad=True)
+        p = leaf.clone()
+        p.retain_grad()
+        return leaf, p
+
+    (leaf_ref, p_ref), (leaf_got, p_got) = build(), build()
+    ref = torch.optim.AdamW([p_ref], lr=1e-2, weight_decay=0.1, differentiable=True)
+    got = InstrumentedAdamW([p_got], lr=1e-2, weight_decay=0.1, differentiable=True, diagnostics=level)
+    gen = torch.Generator().manual_seed(1)
+    grads = []
+    for _ in range(4):
+        g = torch.randn(6, dtype=torch.float64, generator=gen)
+        grads.append(g)
+        p_ref.grad, p_got.grad = g.clone(), g.clone()
+        ref.step()
+        got.step()
+    assert torch.equal(p_ref.detach(), p_got.detach()) and p_got.grad_fn is not None
+    (d_ref,) = torch.autograd.grad(p_ref.sum(), leaf_ref)
+    (d_got,) = torch.autograd.grad(p_got.sum(), leaf_got)
+    assert torch.equal(d_ref, d_got)
+    h = got.history
+    np.testing.assert_allclose(h["grad_norm"], [g.norm().item() for g in grads], rtol=1e-12)
+    v = got.state[p_got]["exp_avg_sq"].detach()
+    root = (v.sqrt() / math.sqrt(1 - 0.999**4)).max().item()
+    assert h["sqrt_v_hat_max"][-1] == pytest.approx(root, rel=1e-12)
+    assert np.isfinite(h["update_norm"]).all() == (level == "full")
+
+
+def test_capturable_groups_take_torch_step():
+    """capturable=True: torch's step (CUDA graphs keep the step count on the device). On the CPU torch
+    refuses it, and so must InstrumentedAdamW: the chunked step would silently ignore the flag."""
+    if torch.cuda.is_available():
+        ref = [torch.nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
+        got = [torch.nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
+        run(torch.optim.AdamW, ref, 10, capturable=True)
+        opt = run(InstrumentedAdamW, got, 10, capturable=True, diagnostics="full")
+        assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+        assert np.isfinite(opt.history["grad_norm"]).all()
+        return
+    params = make_params(torch.float32)
+    opt = InstrumentedAdamW(params, capturable=True, diagnostics="cheap")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(AssertionError, match="capturable"):
+        opt.step()
+    assert len(opt.history) == 0
+
+
+def test_only_plain_groups_take_the_chunked_step(monkeypatch):
+    calls = []
+    monkeypatch.setattr(optim, "_torch_adamw_step",
+                        lambda opt, closure: calls.append(opt) or torch.optim.AdamW.step(opt, closure))
+    plain = make_params(torch.float32)
+    run(InstrumentedAdamW, plain, 2)
+    assert calls == []
+    for flags in (dict(capturable=True), dict(differentiable=True), dict(fused=True)):
+        group = {"params": plain, "lr": 1e-3, "betas": (0.9, 0.999), "capturable": False,
+                 "differentiable": False, "fused": None, **flags}
+        assert not optim._fusable(group), flags
+    assert optim._fusable({"params": plain, "lr": 1e-3, "betas": (0.9, 0.999), "capturable": False,
+                           "differentiable": False, "fused": None})
+    assert not optim._fusable({"params": plain, "lr": torch.tensor(1e-3), "betas": (0.9, 0.999),
+                               "capturable": False, "differentiable": False, "fused": None})
+    assert not optim._fusable({"params": plain, "lr": 1e-3, "betas": (torch.tensor(0.9), 0.999),
+                               "capturable": False, "differentiable": False, "fused": None})
+
+
+def test_history_clear_forgets_rows_and_columns():
+    opt = run(InstrumentedAdamW, make_params(torch.float32), 3)
+    assert len(opt.history) == 3 and "grad_norm" in opt.history
+    opt.history.clear()
+    assert len(opt.history) == 0 and opt.history.keys() == [] and "grad_norm" not in opt.history
+    assert opt.history.as_dict() == {} and repr(opt.history) == "History(0 steps, 0 columns)"
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert len(opt.history) == 1 and len(opt.history["grad_norm"]) == 1  # no NaN rows left from before
+    assert opt.history["step"][0] == 4.0  # the optimizer's own step count is not part of the record
+    h = optim.History()
+    h.append({"a": 1.0})
+    h.append({"b": 2.0})
+    assert np.isnan(h["a"][1]) and np.isnan(h["b"][0]) and h["b"][1] == 2.0
+    with pytest.raises(KeyError, match="available"):
+        h["c"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sqrt_without_the_slow_path_is_torch_sqrt_bit_for_bit(dtype):
+    tiny = torch.finfo(dtype).tiny
+    v = torch.tensor([0.0, 0.0, 1.0, 2.0, tiny, tiny / 8, 1e-30, 3e30, float("inf"), float("nan")],
+                     dtype=dtype)
+    for values in (v, v[2:], torch.zeros(5, dtype=dtype)):
+        out, work = torch.empty_like(values), torch.empty_like(values)
+        got = optim._sqrt(values, out, work)
+        assert got.data_ptr() == out.data_ptr()
+        torch.testing.assert_close(got, torch.sqrt(values), rtol=0, atol=0, equal_nan=True)
+        assert (got.signbit() == torch.sqrt(values).signbit()).all()
+
+
+def test_off_level_takes_the_chunked_step_when_groups_are_plain(monkeypatch):
+    calls = []
+    monkeypatch.setattr(optim, "_torch_adamw_step", lambda opt, closure: calls.append(1))
+    params = make_params(torch.float32)
+    opt = run(InstrumentedAdamW, params, 3, diagnostics="off")
+    assert calls == [] and len(opt.history) == 0 and all(float(s["step"]) == 3 for s in opt.state.values())
+    run(InstrumentedAdamW, make_params(torch.float32), 1, diagnostics="off", lr=torch.tensor(0.1))
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(("dtype", "weight_decay", "amsgrad", "foreach"), CONFIGS)
+def test_off_level_splits_parameters_by_size_and_stays_bit_identical(monkeypatch, dtype, weight_decay,
+                                                                      amsgrad, foreach):
+    """Without diagnostics, large parameters take the chunked loop (here: the one of TEST_CHUNK + 123
+    elements, in two chunks, with exact zeros of v through the zero-safe sqrt) and small ones torch's."""
+    monkeypatch.setattr(optim, "CHUNKED_STEP_SIZE", 1000)
+    monkeypatch.setattr(optim, "SAFE_SQRT_SIZE", 1000)
+    kwargs = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach)
+    chunked = []
+    original = optim._adamw_chunk
+    monkeypatch.setattr(optim, "_adamw_chunk", lambda *a: chunked.append(a[0].numel()) or original(*a))
+    ref, got = make_params(dtype), make_params(dtype)
+    run(torch.optim.AdamW, ref, 50, **kwargs)
+    opt = run(InstrumentedAdamW, got, 50, diagnostics="off", **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert set(chunked) == {TEST_CHUNK, 123} and len(opt.history) == 0
+    state = opt.state[got[0]]
+    assert (state["exp_avg_sq"].view(-1)[::3] == 0).all()  # the zeros the sqrt went around
+
+
+def test_step_returns_none_or_the_closure_s_loss_at_every_level():
+    for level in ("off", "cheap", "full"):
+        params = make_params(torch.float32)
+        opt = InstrumentedAdamW(params, diagnostics=level)
+        set_grads(params, torch.Generator().manual_seed(0))
+        assert opt.step() is None
+        assert opt.step(lambda: 3.5) == 3.5
+
+
+def test_a_step_without_any_gradient_records_no_totals():
+    params = make_params(torch.float32)
+    opt = InstrumentedAdamW(params, diagnostics="full")
+    opt.step()  # nothing had a gradient
+    assert len(opt.history) == 1 and "grad_norm" not in opt.history and opt.history["step"][0] == 1.0
+
+
+def test_a_zero_update_has_an_undefined_cosine_not_an_error():
+    params = make_params(torch.float64)
+    opt = InstrumentedAdamW(params, diagnostics="full", weight_decay=0.0)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert opt.history["update_norm"][0] == 0.0 and math.isnan(opt.history["cos_update_neg_grad"][0])
+
+
+def test_maximize_on_torch_s_step_flips_the_cosine():
+    """With maximize torch ascends along +grad: cos(Δθ, −g_eff) stays positive on the read-the-state path."""
+    for tensor_lr in (False, True):
+        params = make_params(torch.float64)
+        lr = torch.tensor(1e-2) if tensor_lr else 1e-2
+        opt = run(InstrumentedAdamW, params, 3, lr=lr, maximize=True, diagnostics="full", foreach=False)
+        assert opt.history["cos_update_neg_grad"][-1] > 0.5, tensor_lr
+
+
+def test_complex_parameters_take_torch_step_and_report_real_statistics():
+    gen = torch.Generator().manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(6, dtype=torch.complex64, generator=gen))]
+    got = [torch.nn.Parameter(ref[0].detach().clone())]
+    opts = [torch.optim.AdamW(ref, foreach=False), InstrumentedAdamW(got, foreach=False, diagnostics="full")]
+    for _ in range(5):
+        grad = torch.randn(6, dtype=torch.complex64, generator=gen)
+        for params, opt in zip((ref, got), opts, strict=True):
+            params[0].grad = grad.clone()
+            opt.step()
+    assert torch.equal(ref[0], got[0])
+    h = opts[1].history
+    assert h["grad_norm"][-1] == pytest.approx(torch.view_as_real(grad).norm().item(), rel=1e-6)
+    assert np.isfinite(h["cos_update_neg_grad"]).all()
+
+
+def test_torch_s_step_gets_the_closure_at_level_off():
+    params = make_params(torch.float32)
+    opt = InstrumentedAdamW(params, diagnostics="off", lr=torch.tensor(1e-2))  # not plain: torch's step
+    set_grads(params, torch.Generator().manual_seed(0))
+    calls = []
+    assert opt.step(lambda: calls.append(1) or 2.5) == 2.5 and calls == [1]
+
+
+def test_maximize_cosine_is_the_same_on_both_paths():
+    """The chunked step (float lr) and torch's step read through the state (tensor lr) take the same steps;
+    their cos(Δθ, −g_eff) must agree, maximize or not."""
+    for maximize in (False, True):
+        histories = []
+        for lr in (1e-2, torch.tensor(1e-2)):
+            opt = run(InstrumentedAdamW, make_params(torch.float64), 4, lr=lr, maximize=maximize,
+                      diagnostics="full", foreach=False)
+            histories.append(opt.history["cos_update_neg_grad"])
+        np.testing.assert_allclose(histories[0], histories[1], rtol=1e-6)
+        assert (np.abs(histories[0]) <= 1 + 1e-12).all()

@@ -243,3 +243,100 @@ def test_num_parameters_counts_one_seed():
     task = make_task("pick", max_new_tokens=3)
     assert num_parameters(TabularPolicy.for_task(task, num_seeds=4)) == 4 * (1 + 5 + 25) * 6
     assert num_parameters(TinyGPT2Policy.for_task(task)) > 50_000
+
+
+# --- issue 13: the frozen table path and the vectorised node ids (perf) --------------------------------
+def test_a_frozen_tabular_policy_answers_from_a_table_with_the_same_numbers():
+    import copy
+
+    task = make_task("add", base=3, length="short")
+    policy = TabularPolicy.for_task(task, num_seeds=3, init_scale=1.5, seed=4)
+    frozen = copy.deepcopy(policy).requires_grad_(False)
+    generators = [torch.Generator().manual_seed(s) for s in range(3)]
+    prompts = torch.stack([task.sample_prompts(5, g) for g in generators])
+    completions = policy.sample(task, prompts, 4, generators)
+    prompt_idx = prompts.repeat_interleave(4, dim=1)
+    for m in (None, 2):
+        logp, entropy = policy.logprobs(task, prompt_idx, completions, min_new_tokens=m)
+        table_logp, table_entropy = frozen.logprobs(task, prompt_idx, completions, min_new_tokens=m)
+        assert frozen._frozen_table is not None  # the table path ran
+        assert torch.equal(logp.detach(), table_logp) and torch.equal(entropy, table_entropy)
+    with torch.no_grad():
+        frozen.logits.mul_(0.5)  # an in-place change rebuilds the table
+        policy.logits.mul_(0.5)
+    assert torch.equal(policy.logprobs(task, prompt_idx, completions)[0].detach(),
+                       frozen.logprobs(task, prompt_idx, completions)[0])
+
+
+def test_node_ids_by_the_recurrence():
+    task = make_task("copy", alphabet="abc", n=2, max_new_tokens=6)
+    policy = TabularPolicy.for_task(task)
+    V = task.vocab_size
+    completions = torch.randint(0, V + 1, (2, 7, 6), generator=torch.Generator().manual_seed(0))
+    index = torch.zeros(2, 7, dtype=torch.long)
+    for t in range(6):
+        assert torch.equal(policy.node_ids(completions)[..., t], sum(V**d for d in range(t)) + index)
+        index = index * V + completions[..., t].clamp(max=V - 1)
+
+
+def _generate_reference(policy, task, prompt_idx, group_size, seed, prefix=None, max_new_tokens=None,
+                        min_new_tokens=None):
+    """What TinyGPT2Policy.sample did before it had a sampling loop of its own: ``model.generate``."""
+    from transformers import GenerationConfig
+
+    from companion.policies import _fill_after_eos
+
+    T = task.max_new_tokens if max_new_tokens is None else max_new_tokens
+    m = task.min_new_tokens if min_new_tokens is None else min_new_tokens
+    rng_seed = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(seed)))
+    prompts = task.prompts[prompt_idx[0]]
+    k = 0 if prefix is None else prefix.shape[-1]
+    inputs = prompts if prefix is None else torch.cat([prompts, prefix[0]], dim=1)
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=T - k,
+                              min_new_tokens=max(m - k, 0), num_return_sequences=group_size,
+                              pad_token_id=policy.pad_id, eos_token_id=policy.eos_id,
+                              suppress_tokens=policy._extra_token_ids())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng_seed)
+        out = policy.model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config)
+    tokens = out[:, prompts.shape[1]:]
+    tokens = tokens.masked_fill(tokens == policy.pad_id, policy.eos_id)
+    tokens = torch.nn.functional.pad(tokens, (0, T - tokens.shape[1]), value=policy.eos_id)
+    return _fill_after_eos(tokens, policy.eos_id).unsqueeze(0)
+
+
+@pytest.mark.parametrize(("name", "options", "sample_options"), [
+    ("pick", {}, {}), ("pick", {"max_new_tokens": 16, "min_new_tokens": 16}, {}), ("copy", {"n": 3}, {}),
+    ("pick", {"template": "##", "template_mode": "shared"}, {"max_new_tokens": 2, "min_new_tokens": 2}),
+    ("pick", {"max_new_tokens": 10}, {"min_new_tokens": 0}),
+])
+def test_the_gpt2_sampler_draws_what_generate_draws(name, options, sample_options):
+    task = make_task(name, **options)
+    policy = TinyGPT2Policy.for_task(task, seed=3)
+    for seed in range(4):
+        prompt_idx = task.sample_prompts(3, torch.Generator().manual_seed(50 + seed)).unsqueeze(0)
+        ours = policy.sample(task, prompt_idx, 4, [torch.Generator().manual_seed(seed)], **sample_options)
+        theirs = _generate_reference(policy, task, prompt_idx, 4, seed, **sample_options)
+        assert torch.equal(ours, theirs), (name, seed)
+    prefix = torch.tensor([[[task.vocab.index("#")] * 2] * 3]) if "template" in options else None
+    if prefix is not None:
+        ours = policy.sample(task, prompt_idx, 4, [torch.Generator().manual_seed(9)], prefix=prefix)
+        assert torch.equal(ours, _generate_reference(policy, task, prompt_idx, 4, 9, prefix=prefix))
+
+
+def test_a_query_larger_than_the_table_reads_it_without_gradients():
+    """An exact expectation enumerates every completion: under no_grad the table path answers (more rows
+    queried than the table has), with the numbers of the gathered path."""
+    task = make_task("add", base=3, length="short")
+    policy = TabularPolicy.for_task(task, num_seeds=2, init_scale=2.0, seed=1)
+    seqs = policy.sequences(task)
+    prompt_idx = torch.arange(task.num_prompts).repeat_interleave(len(seqs)).expand(2, -1)
+    completions = seqs.repeat(task.num_prompts, 1).expand(2, -1, -1)
+    logp, entropy = policy.logprobs(task, prompt_idx, completions)
+    assert logp.requires_grad and policy._frozen_table is None
+    with torch.no_grad():
+        table_logp, table_entropy = policy.logprobs(task, prompt_idx, completions)
+        assert policy._frozen_table is not None
+        small = policy.logprobs(task, prompt_idx[:, :3], completions[:, :3])[0]
+    assert torch.equal(logp.detach(), table_logp) and torch.equal(entropy, table_entropy)
+    assert torch.equal(small, table_logp[:, :3])

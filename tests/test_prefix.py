@@ -196,3 +196,95 @@ def test_prefix_forces_bad_input():
         prefix.prefix_forces(object(), task, obj)
     with pytest.raises(ValueError, match="which"):
         prefix.prefix_forces(policy, task, obj, groups=2).mean("both")
+# --- issue 13: padding beyond the template, the sign of W_agg, every shared node (perf) ----------------
+def test_padding_beyond_a_completion_makes_no_node_whatever_its_ids():
+    """Rows that end right after the template: their padding (mask 0) holds ids that other rows of the
+    group do have there; the trie must stop each row at its last token."""
+    tokens = torch.tensor([[4, 4, 0, 5, 5], [4, 4, 0, 1, 5], [4, 4, 5, 5, 5], [4, 4, 0, 1, 2]])
+    mask = torch.tensor([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    padded_like_others = tokens.clone()
+    padded_like_others[0, 3:] = torch.tensor([1, 5])  # row 1's ids: would join its nodes if read
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    weights = torch.rand(4, 5, generator=torch.Generator().manual_seed(0)) * mask
+    nodes = prefix.trie(padded_like_others, mask, weights, adv, group_size=4)
+    assert nodes == prefix.trie(tokens, mask, weights, adv, group_size=4)
+    assert max(n.depth for n in nodes) == 4 and [n.members for n in nodes if n.depth == 4] == [(1,)]
+    assert [n.members for n in nodes if n.depth == 3] == [(1, 3)]
+    assert {n.prefix: n.members for n in nodes if n.depth == 2} == {(4, 4, 0): (0, 1, 3), (4, 4, 5): (2,)}
+    depth = prefix.w_agg_by_depth(padded_like_others, mask, weights, adv, 4, whole_group_only=False)
+    assert depth[4] == 0 and depth[3] == pytest.approx(float(weights[1, 3] * -1.0 + weights[3, 3] * -0.5))
+
+
+def test_w_agg_has_the_sign_of_the_short_side_under_1_over_length_weights():
+    """GRPO's ω = 1/(G|o_i|) (Prop. 1, Eq. 18): on the template, shared by the whole group,
+    W_agg = Σ_i A_i/(G|o_i|) is positive when the rewarded completions are the short ones and negative
+    when they are the long ones; Dr GRPO's constant ω gives exactly 0."""
+    checked = 0
+    for seed in range(4):
+        _, tokens, logp, mask, _ = tabular_batch([0.0] * 6, seed=seed)
+        lengths = mask.sum(-1)
+        if len(set(lengths.tolist())) < 2:
+            continue
+        short = (lengths < lengths.max()).double()
+        checked += 1
+        for rewards, sign in ((short, 1.0), (1.0 - short, -1.0)):
+            for name, expected_sign in (("grpo_r1", sign), ("dr_grpo", 0.0)):
+                obj = cp.Objective.preset(name, beta=0.0)
+                adv = obj.advantages(rewards, 6)
+                out = obj.loss(logp, logp.detach(), adv, mask)
+                by_depth = prefix.w_agg_by_depth(tokens, mask, out.weights, adv, 6)
+                by_hand = float((out.weights[:, 0] * adv).sum())  # every row passes through depth 0
+                assert by_depth[0].item() == pytest.approx(by_hand, abs=1e-15)
+                assert by_depth[1].item() == pytest.approx(float((out.weights[:, 1] * adv).sum()), abs=1e-15)
+                if expected_sign == 0.0:
+                    assert abs(by_depth[0]) < 1e-15
+                else:
+                    assert by_depth[0] * expected_sign > 1e-3, (name, seed, by_depth[0])
+    assert checked >= 2
+
+
+def test_every_shared_node_counts_only_with_whole_group_only_false():
+    tokens = torch.tensor([[1, 2, 3], [1, 2, 4], [1, 5, 3], [7, 7, 7], [7, 7, 8], [7, 9, 9]])
+    mask = torch.ones(3 * 2, 3)
+    adv = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.25])
+    weights = torch.tensor([[1.0, 2.0, 3.0]]).expand(6, 3) / 10
+    whole = prefix.w_agg_by_depth(tokens, mask, weights, adv, group_size=3)
+    shared = prefix.w_agg_by_depth(tokens, mask, weights, adv, group_size=3, whole_group_only=False)
+    # depth 0: both groups share their first token (1 and 7); depth 1: only pairs share (1 2) and (7 7)
+    assert whole.tolist() == pytest.approx([0.1 * (1 - 2 + 0.5) + 0.1 * (3 - 1 + 0.25), 0.0, 0.0])
+    assert shared.tolist() == pytest.approx([whole[0].item(), 0.2 * (1 - 2) + 0.2 * (3 - 1), 0.0])
+    nodes = prefix.trie(tokens, mask, weights, adv, group_size=3)
+    pair = next(n for n in nodes if n.prefix == (7, 7))
+    assert pair.shared and not pair.whole_group and pair.group == 1 and pair.members == (3, 4)
+    assert pair.w_agg == pytest.approx(0.2 * 3 - 0.2 * 1) and pair.advantage_sum == pytest.approx(2.0)
+    single = next(n for n in nodes if n.prefix == (1, 5))
+    assert not single.shared and not single.whole_group and single.group_size == 3
+
+
+def test_advantages_per_token_use_their_first_column_and_inputs_are_detached():
+    tokens = torch.tensor([[1, 2], [1, 3]])
+    mask = torch.ones(2, 2)
+    weights = torch.full((2, 2), 0.5, requires_grad=True)
+    per_token = torch.tensor([[2.0, 99.0], [-1.0, 99.0]], requires_grad=True)
+    nodes = prefix.trie(tokens, mask, weights, per_token, group_size=2)
+    root = nodes[0]
+    assert root.prefix == (1,) and root.w_agg == pytest.approx(0.5 * 2 - 0.5 * 1)
+    assert root.advantage_sum == pytest.approx(1.0)
+    assert [n.group for n in prefix.trie(torch.tensor([[1], [1], [2], [2]]), torch.ones(4, 1),
+                                         torch.ones(4, 1), torch.zeros(4), 2)] == [0, 1]
+
+
+@pytest.mark.parametrize("group_size", [0, -2, True, 2.0, None])
+def test_group_size_must_be_a_positive_int(group_size):
+    tokens = torch.zeros(4, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="group_size"):
+        prefix.trie(tokens, torch.ones(4, 3), torch.ones(4, 3), torch.zeros(4), group_size)
+
+
+def test_groups_of_one_are_valid_and_share_nothing():
+    tokens = torch.tensor([[1, 2], [1, 2], [1, 3]])
+    nodes = prefix.trie(tokens, torch.ones(3, 2), torch.ones(3, 2), torch.tensor([1.0, -1.0, 2.0]), 1)
+    assert [n.group for n in nodes] == [0, 0, 1, 1, 2, 2]
+    assert all(n.whole_group and not n.shared for n in nodes)
+    assert prefix.w_agg_by_depth(tokens, torch.ones(3, 2), torch.ones(3, 2), torch.tensor([1.0, -1.0, 2.0]),
+                                 1).tolist() == [2.0, 2.0]

@@ -223,3 +223,159 @@ def test_scale_helpers_name_bad_arguments():
                        (lambda: theory.smallest_safe_scale(0.0, 1e-8), "sqrt_v_hat")):
         with pytest.raises(ValueError, match=word):
             call()
+# --- issue 13: state edge cases and boundaries (perf) -------------------------------------------------
+def _two_parameter_adamw(amsgrad: bool = False):
+    """Two fp64 parameters; only the first has a gradient at the first step."""
+    a = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = torch.optim.AdamW([a, b], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, amsgrad=amsgrad)
+    return a, b, opt
+
+
+def test_eps_ratio_without_any_state_is_empty():
+    _, _, opt = _two_parameter_adamw()
+    for values in (theory.eps_ratio(opt), theory.adam_state_sqrt_v_hat(opt)):
+        assert values.dtype == torch.float64 and values.shape == (0,)
+
+
+def test_a_parameter_without_state_is_skipped_not_counted_as_zero():
+    a, b, opt = _two_parameter_adamw()
+    a.grad = torch.tensor([2.0, -0.5, 1e-3], dtype=torch.float64)
+    opt.step()  # b had no gradient: torch keeps no state for it
+    assert b not in opt.state
+    # one step: v̂ = g², √v̂ = |g| (with torch's bias correction at t = 1)
+    np.testing.assert_allclose(theory.adam_state_sqrt_v_hat(opt).numpy(), [2.0, 0.5, 1e-3], rtol=1e-12)
+    expected = 1e-8 / (2.0 * np.array([2.0, 0.5, 1e-3]))
+    np.testing.assert_allclose(theory.eps_ratio(opt, phi=2.0).numpy(), expected, rtol=1e-12)
+    b.grad = torch.tensor([4.0, 0.0], dtype=torch.float64)
+    a.grad = torch.zeros(3, dtype=torch.float64)
+    opt.step()  # a at t = 2, b at t = 1: each with its own bias correction, a first
+    root_a = torch.tensor([2.0, 0.5, 1e-3], dtype=torch.float64) * math.sqrt(0.95 * 0.05 / (1 - 0.95**2))
+    np.testing.assert_allclose(theory.adam_state_sqrt_v_hat(opt).numpy(),
+                               [*root_a.tolist(), 4.0, 0.0], rtol=1e-12)
+    ratio = theory.eps_ratio(opt)
+    assert math.isinf(ratio[-1]) and ratio[-1] > 0  # v̂ = 0: ε dominates completely
+
+
+def test_after_reset_moments_the_state_counts_as_empty_until_the_next_step():
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = InstrumentedAdamW([p], lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    p.grad = torch.tensor([3.0, 1.0], dtype=torch.float64)
+    opt.step()
+    opt.reset_moments()  # t = 0: no bias correction is defined, so no √v̂ either
+    assert theory.adam_state_sqrt_v_hat(opt).shape == (0,) and theory.eps_ratio(opt).shape == (0,)
+    p.grad = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    opt.step()  # a first step again: v̂ = g²
+    np.testing.assert_allclose(theory.adam_state_sqrt_v_hat(opt).numpy(), [0.5, 2.0], rtol=1e-12)
+
+
+def test_amsgrad_uses_the_running_maximum_of_v():
+    a, _, opt = _two_parameter_adamw(amsgrad=True)
+    a.grad = torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64)
+    opt.step()
+    a.grad = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    opt.step()
+    state = opt.state[a]
+    assert (state["max_exp_avg_sq"] > state["exp_avg_sq"]).any()
+    expected = state["max_exp_avg_sq"].sqrt() / math.sqrt(1 - 0.95**2)
+    np.testing.assert_allclose(theory.adam_state_sqrt_v_hat(opt).numpy(), expected.numpy(), rtol=1e-15)
+    np.testing.assert_allclose(theory.eps_ratio(opt).numpy(), (1e-8 / expected).numpy(), rtol=1e-15)
+
+
+def test_eps_ratio_uses_each_group_s_own_eps_and_beta2():
+    a = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = torch.optim.Adam([{"params": [a], "eps": 1e-6, "betas": (0.9, 0.5)},
+                            {"params": [b], "eps": 1e-3, "betas": (0.9, 0.99)}])
+    for grad in (1.0, 0.0):
+        a.grad = torch.tensor([grad], dtype=torch.float64)
+        b.grad = torch.tensor([grad], dtype=torch.float64)
+        opt.step()
+    # v after 2 steps: (1 − β2) β2; bias-corrected by 1 − β2²: √v̂ = √(β2 / (1 + β2))
+    roots = [math.sqrt(0.5 / 1.5), math.sqrt(0.99 / 1.99)]
+    np.testing.assert_allclose(theory.adam_state_sqrt_v_hat(opt).numpy(), roots, rtol=1e-12)
+    np.testing.assert_allclose(theory.eps_ratio(opt).numpy(), [1e-6 / roots[0], 1e-3 / roots[1]], rtol=1e-12)
+
+
+def test_eps_ratio_zero_eps_and_zero_v_is_nan_as_the_step_is():
+    a, _, opt = _two_parameter_adamw()
+    opt.param_groups[0]["eps"] = 0.0
+    a.grad = torch.tensor([1.0, 0.0, 4.0], dtype=torch.float64)
+    opt.step()
+    ratio = theory.eps_ratio(opt)
+    assert ratio[0] == 0.0 and math.isnan(ratio[1]) and ratio[2] == 0.0
+
+
+@pytest.mark.parametrize("phi", [-1.0, 0.0, float("nan")])
+def test_eps_ratio_rejects_a_non_positive_phi(phi):
+    _, _, opt = _two_parameter_adamw()
+    with pytest.raises(ValueError, match="phi"):
+        theory.eps_ratio(opt, phi=phi)
+
+
+def test_beta_boundaries():
+    # beta1 = 0 (no momentum) is allowed: m̂ = g, and with the gradient gone the step is 0 at once
+    assert theory.c_t(0.0, 0.95, 5) == 0.0 and theory.drift_after_vanishing(0.0, 0.95, 5) == 0.0
+    assert theory.c_tk_large_t(0.0, 0.95, 3) == 0.0 and theory.drift_limit(0.0, 0.95) == 0.0
+    for beta1, beta2, word in ((1.0, 0.95, "beta1"), (-0.1, 0.95, "beta1"), (0.9, 1.0, "beta2"),
+                               (0.9, -0.5, "beta2"), (0.9, 0.0, "beta2")):
+        for call, args in ((theory.c_t, (beta1, beta2, 5)), (theory.c_t_limit, (beta1, beta2)),
+                           (theory.c_tk_with_eps, (beta1, beta2, 5, 0, 1e-8, 1.0))):
+            with pytest.raises(ValueError, match=rf"^{word} must"):
+                call(*args)
+    # just inside the bounds the closed forms stay finite
+    assert math.isfinite(theory.c_t(0.999999, 0.999999, 2))
+    # beta1 = sqrt(beta2) is the edge of convergence: the whole series diverges
+    with pytest.raises(ValueError, match="diverges"):
+        theory.drift_after_vanishing(0.9, 0.81, 10)
+    with pytest.raises(ValueError, match="unbounded"):
+        theory.drift_limit(0.9, 0.81)
+
+
+def test_t_and_k_boundaries():
+    # T = 2 is the first valid T: one gradient step, then C_2 = β1 (1 − β1) / (1 − β1²) / √(...)
+    expected = (0.9 * 0.1 / (1 - 0.81)) / math.sqrt(0.95 * 0.05 / (1 - 0.95**2))
+    assert theory.c_t(0.9, 0.95, 2) == pytest.approx(expected, rel=1e-15)
+    assert theory.momentum_ratio(0.9, 2, 0) == pytest.approx(0.9 * 0.1 / 0.19, rel=1e-15)
+    assert theory.sqrt_v_hat_ratio(0.95, 2, 0) == pytest.approx(math.sqrt(0.95 * 0.05 / (1 - 0.95**2)),
+                                                                  rel=1e-15)
+    for call in (lambda: theory.momentum_ratio(0.9, 1), lambda: theory.sqrt_v_hat_ratio(0.95, 1),
+                 lambda: theory.c_tk(0.9, 0.95, 1, 0)):
+        with pytest.raises(ValueError, match="T must be"):
+            call()
+    for call in (lambda: theory.momentum_ratio(0.9, 5, -1), lambda: theory.sqrt_v_hat_ratio(0.95, 5, -1),
+                 lambda: theory.c_tk_large_t(0.9, 0.95, -1)):
+        with pytest.raises(ValueError, match="k must be"):
+            call()
+    # K = 0 terms travel nowhere; K = 1 is C_{T,0} = C_T; K < 0 is an error
+    assert theory.drift_after_vanishing(0.9, 0.95, 5, K=0) == 0.0
+    assert theory.drift_after_vanishing(0.9, 0.95, 5, K=1) == theory.c_t(0.9, 0.95, 5)
+    assert theory.drift_after_vanishing(0.9, 0.95, 5, K=3) == pytest.approx(
+        sum(theory.c_tk(0.9, 0.95, 5, k) for k in range(3)), rel=1e-15)
+    with pytest.raises(ValueError, match="K must be"):
+        theory.drift_after_vanishing(0.9, 0.95, 5, K=-1)
+    # k defaults to 0: the first step after the gradient vanished
+    first = 0.9 * (1 - 0.9**4) / (1 - 0.9**5)
+    assert theory.momentum_ratio(0.9, 5) == theory.momentum_ratio(0.9, 5, 0)
+    assert theory.momentum_ratio(0.9, 5) == pytest.approx(first, rel=1e-15)
+    assert theory.sqrt_v_hat_ratio(0.95, 5) == theory.sqrt_v_hat_ratio(0.95, 5, 0)
+    # k = 0 of the large-T form is the limit of C_T itself
+    assert theory.c_tk_large_t(0.9, 0.95, 0) == theory.c_t_limit(0.9, 0.95) == 0.9 / math.sqrt(0.95)
+
+
+def test_eps_modulation_boundaries():
+    assert theory.eps_modulation(2.0, 0.5, 0.0) == 4.0  # ε = 0: the plain ratio of √v̂
+    assert theory.eps_modulation(2.0, 0.5, 1.0) == 3.0 / 1.5
+    assert theory.c_tk_with_eps(0.9, 0.95, 5, 2, 0.0, 1.0) == pytest.approx(theory.c_tk(0.9, 0.95, 5, 2),
+                                                                            rel=1e-14)
+    assert theory.step_shrink_factor(0.0) == 1.0 and theory.step_shrink_factor(1.0) == 0.5
+
+
+def test_a_parameter_without_state_before_one_with_state_is_skipped():
+    first = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))  # never gets a gradient
+    second = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = torch.optim.AdamW([first, second], betas=(0.9, 0.95), eps=1e-8)
+    second.grad = torch.tensor([3.0, 0.25], dtype=torch.float64)
+    opt.step()
+    np.testing.assert_allclose(theory.adam_state_sqrt_v_hat(opt).numpy(), [3.0, 0.25], rtol=1e-12)
+    np.testing.assert_allclose(theory.eps_ratio(opt).numpy(), [1e-8 / 3.0, 1e-8 / 0.25], rtol=1e-12)
