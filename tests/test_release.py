@@ -101,7 +101,7 @@ def check_wheel(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(f"{dist_info}/METADATA").decode()
-    modules = {f"companion/{p.name}" for p in (ROOT / "companion").glob("*.py")}
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "companion").rglob("*.py")}
     assert {n for n in names if not n.startswith(dist_info)} == modules
     assert f"{dist_info}/licenses/LICENSE" in names
     for line in (f"Version: {version}", "License-Expression: MIT", "License-File: LICENSE",
