@@ -70,9 +70,8 @@ FULL_KEYS: tuple[str, ...] = ("update_norm", "cos_update_neg_grad", "momentum_on
 
 # Columns of the per-chunk statistics vector, and how each one is reduced across chunks and tensors.
 # Per chunk: ‖g‖², ‖m‖², Σ√v̂, min √v̂, max √v̂, Σs², Σs with s = sign(√v̂ − ε), ‖m/(√v̂+ε)‖², then (full only)
-# ‖Δθ‖², ⟨Δθ, −g⟩, #(m ≠ 0), #(g ≠ 0 and m ≠ 0); the element count is appended per parameter.
-_STATS = ("gg", "mm", "v_sum", "v_min", "v_max", "s_sq", "s_sum", "uu", "dd", "dg", "m_nonzero", "gm_nonzero",
-          "numel")
+# ‖Δθ‖², ⟨Δθ, −g⟩, #(g = 0 and m ≠ 0); the element count is appended per parameter.
+_STATS = ("gg", "mm", "v_sum", "v_min", "v_max", "s_sq", "s_sum", "uu", "dd", "dg", "m_only", "numel")
 _MIN, _MAX = _STATS.index("v_min"), _STATS.index("v_max")
 
 
@@ -142,24 +141,32 @@ def _moment_stats(g: Tensor, m: Tensor, sqrt_v_hat: Tensor, eps: float,
     """‖g‖², ‖m‖², Σ√v̂, min √v̂, max √v̂, Σs², Σs of one chunk, s = sign(√v̂ − ε) (before ε is added).
 
     #(ε ≥ √v̂) = n − (Σs² + Σs)/2. sign() is used because bool-producing comparisons are several times
-    slower on CPU.
+    slower on CPU. When min √v̂ > ε (a chunk of a dense model), s = 1 everywhere: Σs² = Σs = n, no pass.
     """
     v_min, v_max = torch.aminmax(sqrt_v_hat)
+    parts = [torch.dot(g, g), torch.dot(m, m), sqrt_v_hat.sum(), v_min, v_max]
+    if v_min.item() > eps:
+        n = v_min.new_tensor(float(sqrt_v_hat.numel()))
+        return [*parts, n, n]
     s = torch.sub(sqrt_v_hat, eps, out=out).sign_()
-    return [torch.dot(g, g), torch.dot(m, m), sqrt_v_hat.sum(), v_min, v_max, torch.dot(s, s), s.sum()]
+    return [*parts, torch.dot(s, s), s.sum()]
 
 
 def _motion_stats(minus_delta: Tensor, g: Tensor, m: Tensor, out: Tensor | None = None) -> list[Tensor]:
-    """‖Δθ‖², ⟨Δθ, −g⟩, #(m ≠ 0), #(g ≠ 0 and m ≠ 0) of one chunk, from −Δθ = θ_{t−1} − θ_t.
+    """‖Δθ‖², ⟨Δθ, −g⟩ and the momentum-only count #(g = 0, m ≠ 0) of one chunk, from −Δθ = θ_{t−1} − θ_t.
 
-    With s_x = sign(x): #(m ≠ 0) = ⟨s_m, s_m⟩ and #(g ≠ 0, m ≠ 0) = ‖s_g ⊙ s_m‖², so the momentum-only
-    count #(g = 0, m ≠ 0) is their difference. `minus_delta` is overwritten once it has been used.
+    With s_x = sign(x): #(g ≠ 0) = ⟨s_g, s_g⟩; when that is every coordinate the count is 0, else it is
+    #(m ≠ 0) − #(g ≠ 0, m ≠ 0) = ⟨s_m, s_m⟩ − ‖s_g ⊙ s_m‖². `minus_delta` is overwritten once used.
     """
     motion = [torch.dot(minus_delta, minus_delta), torch.dot(minus_delta, g)]
+    s_g = torch.sign(g, out=out)
+    g_count = torch.dot(s_g, s_g)
+    if g_count.item() == g.numel():
+        return [*motion, g_count.new_zeros(())]
     s_m = torch.sign(m, out=minus_delta)
     m_count = torch.dot(s_m, s_m)
-    both = s_m.mul_(torch.sign(g, out=out))
-    return [*motion, m_count, torch.dot(both, both)]
+    both = s_m.mul_(s_g)
+    return [*motion, m_count - torch.dot(both, both)]
 
 
 def _chunk_stats_from_state(g: Tensor, m: Tensor, v: Tensor, bc2_sqrt: float, eps: float,
@@ -204,7 +211,7 @@ def _finish(stats: Tensor | None) -> dict[str, float]:
         "nonfinite_grad": float(not math.isfinite(s["gg"])),
         "update_norm": update_norm,
         "cos_update_neg_grad": s["dg"] / denom if denom > 0 else math.nan,
-        "momentum_only_frac": (s["m_nonzero"] - s["gm_nonzero"]) / s["numel"],
+        "momentum_only_frac": s["m_only"] / s["numel"],
     }
 
 

@@ -155,10 +155,15 @@ def reference_diagnostics(params, opt, before, eps, beta1, beta2, amsgrad, maxim
     }
 
 
-@pytest.mark.parametrize(("amsgrad", "maximize", "tensor_lr"),
-                         [(False, False, False), (True, True, False), (False, False, True)])
-def test_full_diagnostics_match_an_independent_fp64_reference(amsgrad, maximize, tensor_lr):
-    beta1, beta2, eps = 0.9, 0.95, 1e-3
+@pytest.mark.parametrize(("amsgrad", "maximize", "tensor_lr", "dense"),
+                         [(False, False, False, False), (True, True, False, False),
+                          (False, False, True, False), (False, False, False, True),
+                          (False, False, True, True)])
+def test_full_diagnostics_match_an_independent_fp64_reference(amsgrad, maximize, tensor_lr, dense):
+    """Sparse gradients with a large ε take every counting pass; dense ones with a small ε take the
+    shortcuts (every √v̂ above ε, no gradient exactly 0)."""
+    beta1, beta2 = 0.9, 0.95
+    eps = 1e-12 if dense else 1e-3
     lr = torch.tensor(1e-2) if tensor_lr else 1e-2  # a tensor lr takes the read-the-state path
     kw = dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=0.1, amsgrad=amsgrad, maximize=maximize,
               foreach=False)
@@ -169,8 +174,9 @@ def test_full_diagnostics_match_an_independent_fp64_reference(amsgrad, maximize,
     for step in range(25):
         for rp, gp in zip(ref_params, got_params, strict=True):
             grad = torch.randn(rp.shape, dtype=torch.float64, generator=gen) * 1e-3
-            grad.view(-1)[::3] = 0
-            if step >= 20:
+            if not dense:
+                grad.view(-1)[::3] = 0
+            if step >= 20 and not dense:
                 grad.view(-1)[: grad.numel() // 2] = 0  # the gradient vanishes on half of the coordinates
             rp.grad, gp.grad = grad.clone(), grad.clone()
         before = [p.detach().clone() for p in ref_params]
@@ -179,8 +185,12 @@ def test_full_diagnostics_match_an_independent_fp64_reference(amsgrad, maximize,
         expected = reference_diagnostics(ref_params, ref, before, eps, beta1, beta2, amsgrad, maximize)
         for key, value in expected.items():
             assert got.history[key][-1] == pytest.approx(value, rel=1e-9, abs=1e-15), key
-    assert got.history["momentum_only_frac"][-1] > 0.3
-    assert 0 < got.history["eps_dominated_frac"][-1] < 1
+    if dense:
+        assert (got.history["momentum_only_frac"] == 0).all()
+        assert (got.history["eps_dominated_frac"] == 0).all()
+    else:
+        assert got.history["momentum_only_frac"][-1] > 0.3
+        assert 0 < got.history["eps_dominated_frac"][-1] < 1
 
 
 def test_cheap_level_leaves_full_keys_nan_and_keeps_no_buffer():
