@@ -428,7 +428,9 @@ class InstrumentedAdamW(torch.optim.AdamW):
         steps: list[Tensor] = []
         self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
         beta1, beta2 = group["betas"]
-        rows, t = [], math.nan
+        rows: list[Tensor] = []
+        scales: list[float] = []
+        numel, t = 0, math.nan
         for i, p in enumerate(params):
             steps[i] += 1
             step = float(steps[i])
@@ -446,9 +448,10 @@ class InstrumentedAdamW(torch.optim.AdamW):
             for chunk in chunks:
                 parts += _adamw_chunk(*chunk[:4], chunk[4] if len(chunk) == 5 else None, work, hyper, level)
             if parts:
-                per_chunk = torch.stack(parts).view(-(-p.numel() // CHUNK), -1)
-                rows.append(_per_parameter(per_chunk, bc1, p.numel(), flip_dg=False))
-        return (_reduce_rows(torch.stack(rows)) if rows else None), t
+                rows.append(torch.stack(parts).view(-(-p.numel() // CHUNK), -1))
+                scales += [bc1] * rows[-1].shape[0]
+                numel += p.numel()
+        return _group_stats(rows, scales, numel, flip_dg=False), t
 
     def _workspace(self, p: Tensor) -> tuple[Tensor, ...]:
         """Three scratch vectors of at least min(CHUNK, p.numel()) elements for `p`'s dtype and device (at
@@ -493,7 +496,9 @@ class InstrumentedAdamW(torch.optim.AdamW):
         """Statistics of a group that torch has just stepped, read from its state (and the θ snapshot)."""
         beta1, beta2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
-        rows, t = [], math.nan
+        rows: list[Tensor] = []
+        scales: list[float] = []
+        numel, t = 0, math.nan
         for p in group["params"]:
             state = self.state.get(p)
             if p.grad is None or not state or p.numel() == 0:
@@ -509,23 +514,29 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 g, m, v, *motion = (x.narrow(0, start, size) for x in flat)
                 theta, before = motion if motion else (None, None)
                 param_rows.append(_chunk_stats_from_state(g, m, v, bc2_sqrt, eps, theta, before))
-            per_chunk = torch.stack(param_rows)
-            rows.append(_per_parameter(per_chunk, bc1, flat[0].numel(), flip_dg=group["maximize"]))
-        return (_reduce_rows(torch.stack(rows)) if rows else None), t
+            rows.append(torch.stack(param_rows))
+            scales += [bc1] * len(param_rows)
+            numel += flat[0].numel()
+        return _group_stats(rows, scales, numel, flip_dg=group["maximize"]), t
 
 
-def _per_parameter(chunk_rows: Tensor, bc1: float, numel: int, flip_dg: bool) -> Tensor:
-    """Reduce one parameter's chunk rows to a float64 CPU row over all `_STATS` columns.
+def _group_stats(chunk_rows: list[Tensor], bc1: list[float], numel: int, flip_dg: bool) -> Tensor | None:
+    """Reduce a group's chunk rows (one (chunks, k) tensor per parameter, `bc1` per chunk) to one float64 CPU
+    row over all `_STATS` columns, None when no parameter had a gradient.
 
     m̂ = m / bc1 turns ‖m‖² and ‖m/(√v̂+ε)‖² into their m̂ forms. `flip_dg`: with maximize torch descends
     along +grad, so ⟨Δθ, −g_eff⟩ = −⟨Δθ, −grad⟩.
     """
-    stats = _reduce_rows(chunk_rows.to(torch.float64)).cpu()
+    if not chunk_rows:
+        return None
+    rows = torch.cat([r.to(device="cpu", dtype=torch.float64) for r in chunk_rows])
+    scale = torch.tensor(bc1, dtype=torch.float64).square_()
+    rows[:, _STATS.index("mm")] /= scale
+    rows[:, _STATS.index("uu")] /= scale
+    stats = _reduce_rows(rows)
     missing = len(_STATS) - 1 - stats.numel()
     stats = torch.cat([stats, torch.full((missing,), math.nan, dtype=torch.float64),
                        torch.tensor([float(numel)], dtype=torch.float64)])
-    stats[_STATS.index("mm")] /= bc1**2
-    stats[_STATS.index("uu")] /= bc1**2
     if flip_dg:
         stats[_STATS.index("dg")] *= -1
     return stats
