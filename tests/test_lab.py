@@ -335,6 +335,20 @@ def test_the_finiteness_check_passes_silently_and_sees_every_trainable_parameter
         lab.check_finite_parameters(policy, optimizer)
     policy.head.bias.requires_grad_(False)  # frozen parameters are not the optimizer's doing
     lab.check_finite_parameters(policy, optimizer)
+
+
+def test_finite_parameters_whose_sum_overflows_pass_the_finiteness_check():
+    task = make_task("pick")
+    policy = GRUPolicy.for_task(task)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    with torch.no_grad():
+        policy.head.bias.fill_(3e38)  # finite in float32; their sum is inf
+    assert not torch.isfinite(policy.head.bias.sum())
+    lab.check_finite_parameters(policy, optimizer)
+    with torch.no_grad():
+        policy.head.bias[1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"'head.bias' has 1 NaN and 0 inf of 6 entries"):
+        lab.check_finite_parameters(policy, optimizer)
 # --- chapter 5: the trust region after each step, and a target-KL early stop --------------------------
 GRPO = cp.Objective.preset("grpo", beta=0.0)
 
