@@ -35,10 +35,9 @@ REFRESH_SECONDS = 0.2
 
 
 def setup(seed: int = 0, threads: int | None = None) -> None:
-    """Chapter set-up: the book's plot style, every random seed, CPU threads, and warm imports.
+    """Chapter set-up: the book's plot style, every random seed and CPU threads.
 
     threads: torch CPU threads; default ``COMPANION_THREADS`` or 1 (tiny models are fastest that way).
-    torch's first optimizer imports ``torch._dynamo`` lazily (1 to 7 s): done here, once, up front.
     """
     import numpy as np
     import torch
@@ -46,10 +45,6 @@ def setup(seed: int = 0, threads: int | None = None) -> None:
     from companion.lab import thread_count
     from companion.viz import use_style
 
-    with Progress(1, "first-time set-up: torch's optimizer machinery") as line:
-        import torch._dynamo  # the lazy import of the first optimizer (see the docstring)
-
-        line.update()
     use_style()
     torch.set_num_threads(thread_count() if threads is None else threads)
     random.seed(seed)

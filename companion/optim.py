@@ -308,6 +308,15 @@ class InstrumentedAdamW(torch.optim.AdamW):
         self._batches = 0
         self._previous_precond: dict[str, tuple[int, float]] = {}
 
+    # torch wraps these two in a lazy import of its compiler, torch._dynamo (about 1 s, several on a busy
+    # machine), which matters only when torch.compile traces them; this optimizer is not traced (its
+    # statistics read values), so it calls torch's bodies unwrapped: a lab run never pays for that import.
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _unwrapped(torch.optim.Optimizer.add_param_group)(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _unwrapped(torch.optim.Optimizer.zero_grad)(self, set_to_none)
+
     @property
     def diagnostics(self) -> str:
         return self._diagnostics
@@ -560,6 +569,13 @@ def _torch_adamw_step(optimizer: torch.optim.AdamW, closure: Callable[[], float]
     while getattr(step, "hooked", False):
         step = step.__wrapped__
     return step(optimizer, closure)
+
+
+def _unwrapped(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The function under torch's decorators (``functools.wraps`` keeps it as ``__wrapped__``)."""
+    while hasattr(method, "__wrapped__"):
+        method = method.__wrapped__
+    return method
 
 
 def _check_level(level: object) -> None:

@@ -2,6 +2,8 @@
 
 import itertools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -650,3 +652,28 @@ def test_maximize_cosine_is_the_same_on_both_paths():
             histories.append(opt.history["cos_update_neg_grad"])
         np.testing.assert_allclose(histories[0], histories[1], rtol=1e-6)
         assert (np.abs(histories[0]) <= 1 + 1e-12).all()
+
+
+def test_the_lab_and_instrumented_adamw_never_import_torch_s_compiler():
+    """torch's Optimizer.add_param_group and zero_grad import torch._dynamo on first use (about 1 s);
+    InstrumentedAdamW calls them unwrapped, so a chapter's training never pays for it (fresh process)."""
+    script = """
+import sys, torch, companion as cp
+from companion.optim import InstrumentedAdamW
+torch.set_num_threads(1)
+for task in (cp.make_task("add", base=3, length="short"), cp.make_task("pick")):
+    for policy in (cp.TabularPolicy.for_task(task, num_seeds=2), cp.GRUPolicy.for_task(task)):
+        cp.lab.train(policy, task, cp.Objective.preset("grpo"), steps=2, group_size=4,
+                     prompts_per_step=2, inner_steps=2, seed=0, progress=False)
+p = torch.nn.Parameter(torch.ones(3))
+for level in ("off", "cheap", "full"):
+    opt = InstrumentedAdamW([p], diagnostics=level)
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.zero_grad()
+assert p.grad is None
+print("torch._dynamo" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
