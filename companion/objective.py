@@ -808,14 +808,12 @@ def _check_finite(**tensors: Tensor) -> None:
 
 
 def _is_zero_one(mask: Tensor) -> bool:
-    """Every value is 0 or 1: within [0, 1], x² ≤ x with equality only at 0 and 1, so Σx² = Σx decides it
-    with reductions only (exact for 0/1 masks of up to 2^24 tokens in float32)."""
-    flat = mask.flatten()
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.float()
-    stats = torch.stack([*torch.aminmax(flat), torch.dot(flat, flat), flat.sum()])
-    low, high, squares, total = stats.tolist()  # one synchronisation
-    return low >= 0 and high <= 1 and squares == total
+    """Every value is 0 or 1: x(x − 1) is 0 there and only there, in floating point too (x − 1 is exact near
+    1, and a product of two nonzero factors this size is never below the smallest subnormal), while NaN and
+    ±inf give NaN or inf; so its smallest and largest values decide it (both 0), in one reduction."""
+    x = mask if mask.dtype in (torch.float32, torch.float64) else mask.float()
+    low, high = torch.aminmax((x - 1).mul_(x))
+    return low.item() == 0 and high.item() == 0
 
 
 def _check_rewards(rewards: Tensor, group_size: int, group_method: bool, mask: Tensor | None,

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import companion as cp
 from companion import methods
+from companion import objective as objective_module
 from companion.objective import conflict_tokens
 
 REFERENCE_PRESETS = ("grpo_r1", "grpo_v32", "gspo", "gtpo", "dapo", "cppo", "dr_grpo", "gpg", "cispo", "gcpo",
@@ -881,3 +882,34 @@ def test_loss_output_repr_lists_the_scalars():
     out = objective_loss(cp.Objective.preset("grpo"), b, b["lp"])
     text = repr(out)
     assert text.startswith("LossOutput(loss=") and ", policy_loss=" in text and text.endswith(")")
+
+
+ZERO_ONE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8)
+
+
+@pytest.mark.parametrize("dtype", ZERO_ONE_DTYPES)
+def test_a_zero_one_mask_of_any_dtype_is_accepted(dtype):
+    mask = (torch.arange(24).reshape(4, 6) % 3 == 0).to(dtype)
+    assert objective_module._is_zero_one(mask)
+    assert objective_module._is_zero_one(torch.zeros(4, 6, dtype=dtype))
+    assert objective_module._is_zero_one(torch.ones(4, 6, dtype=dtype))
+
+
+BAD_MASK_VALUES = (0.5, 2.0, -1.0, float("nan"), float("inf"), float("-inf"), 1 + 2**-23, 1 - 2**-24,
+                   1e-30, 2**-149, -(2**-149), 3e38)
+
+
+@pytest.mark.parametrize("value", BAD_MASK_VALUES)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_one_value_other_than_0_and_1_anywhere_in_the_mask_is_refused(value, dtype):
+    for position in (0, 11, 23):
+        mask = (torch.arange(24) % 2).to(dtype)
+        mask[position] = value
+        assert not objective_module._is_zero_one(mask.reshape(4, 6)), (value, position)
+
+
+@pytest.mark.parametrize("value", (2, 255, -1, 2**40))
+def test_integer_masks_other_than_0_and_1_are_refused(value):
+    mask = torch.zeros(4, 6, dtype=torch.int64)
+    mask[2, 3] = value
+    assert not objective_module._is_zero_one(mask)
