@@ -491,7 +491,7 @@ def _policy_loss(c: _Context) -> Tensor:
     if obj.surrogate == "clip":
         low, high = _clip_range(obj)
         unclipped = s if obj.ratio_cap is None else s.clamp(max=obj.ratio_cap)
-        f = torch.minimum(unclipped * adv, s.clamp(low, high) * adv)
+        f = _smaller(unclipped * adv, s.clamp(low, high) * adv)
         if obj.dual_clip is not None:
             f = torch.where(adv < 0, torch.maximum(f, obj.dual_clip * adv), f)
     elif obj.surrogate == "log_prob":
@@ -504,6 +504,18 @@ def _policy_loss(c: _Context) -> Tensor:
     else:
         return _geometric_mean_loss(c)
     return -c.weighted_sum(f)
+
+
+def _smaller(unclipped: Tensor, clipped: Tensor) -> Tensor:
+    """``torch.minimum(unclipped, clipped)`` with a backward pass several times cheaper (PPO's min, Eq. 3).
+
+    Same value. Where the two are equal, minimum sends half the gradient to each, and inside the clip
+    range both halves reach s unchanged, so their sum is the gradient this sends through the clipped term
+    alone, bit for bit. Outside the range the clamp passes no gradient, so a product that rounds to a tie
+    just outside it gets none here, and half from minimum. NaN propagates as in minimum, except where
+    s = +inf meets A = 0 under an upper clip: the clipped term is then 0 (no advantage), not NaN.
+    """
+    return torch.where(unclipped < clipped, unclipped, clipped)
 
 
 def _sapo_tau(obj: Objective, adv: Tensor, dtype: torch.dtype) -> Tensor:

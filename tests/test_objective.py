@@ -913,3 +913,29 @@ def test_integer_masks_other_than_0_and_1_are_refused(value):
     mask = torch.zeros(4, 6, dtype=torch.int64)
     mask[2, 3] = value
     assert not objective_module._is_zero_one(mask)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("ratio_cap", (None, 1.5))
+def test_the_clip_min_equals_torch_minimum_in_value_and_gradient_bit_for_bit(dtype, ratio_cap):
+    """PPO's min(s A, clip(s) A) through `_smaller` (a cheaper backward): inside the clip range the two
+    terms tie and minimum splits the gradient in halves; the sum must be the same bits."""
+    gen = torch.Generator().manual_seed(0)
+    log_s = torch.randn(64, 33, generator=gen, dtype=dtype) * 0.4
+    adv = torch.randn(64, 1, generator=gen, dtype=dtype)
+    adv[::7] = 0.0
+    upstream = torch.randn(64, 33, generator=gen, dtype=dtype)
+    results = []
+    for smaller in (torch.minimum, objective_module._smaller):
+        x = log_s.clone().requires_grad_(True)
+        s = x.exp()
+        unclipped = s if ratio_cap is None else s.clamp(max=ratio_cap)
+        f = smaller(unclipped * adv, s.clamp(0.8, 1.28) * adv)
+        (f * upstream).sum().backward()
+        results.append((f.detach(), x.grad))
+    (f_min, g_min), (f_ours, g_ours) = results
+    s = log_s.exp()
+    inside = (s >= 0.8) & (s <= 1.28)
+    assert inside.any() and (~inside & (adv != 0)).any() and (g_min != 0).any()
+    assert torch.equal(f_min, f_ours)
+    assert torch.equal(g_min, g_ours)
