@@ -519,8 +519,10 @@ def _smaller(unclipped: Tensor, clipped: Tensor) -> Tensor:
 
 
 def _sapo_tau(obj: Objective, adv: Tensor, dtype: torch.dtype) -> Tensor:
-    tau_pos, tau_neg = obj.sapo_temperatures
-    return torch.where(adv > 0, tau_pos, tau_neg).to(dtype)
+    """SAPO's τ per token, in ``dtype`` from the start (``where`` of two Python floats would round them to
+    float32 first: τ = 1.05 would become 1.0499999523 in a float64 loss)."""
+    tau_pos, tau_neg = (torch.as_tensor(tau, dtype=dtype) for tau in obj.sapo_temperatures)
+    return torch.where(adv > 0, tau_pos, tau_neg)
 
 
 def _gmpo_clipped_log_ratio(c: _Context) -> Tensor:

@@ -939,3 +939,63 @@ def test_the_clip_min_equals_torch_minimum_in_value_and_gradient_bit_for_bit(dty
     assert inside.any() and (~inside & (adv != 0)).any() and (g_min != 0).any()
     assert torch.equal(f_min, f_ours)
     assert torch.equal(g_min, g_ours)
+
+
+def test_sapo_weights_with_temperatures_float32_cannot_hold_are_the_gradient_in_float64():
+    """SAPO's τ must be taken in the computation's dtype: 1.1 and 0.7 are not float32 numbers."""
+    b = batch(3, spread=0.4)
+    obj = cp.Objective.preset("grpo_r1", beta=0.0, surrogate="soft_gate", sapo_temperatures=(1.1, 0.7),
+                              clip_low=None, clip_high=None)
+    adv = obj.advantages(b["rewards"], 4, b["mask"])
+    out = objective_loss(obj, b, b["lp"].clone().requires_grad_(True), adv)
+    (grad,) = torch.autograd.grad(out.loss, out._ctx.logprobs)
+    torch.testing.assert_close(out.weights * adv.unsqueeze(1), -grad, atol=1e-13, rtol=0)
+
+
+def test_half_precision_inputs_give_the_loss_of_their_float32_values_kl_included():
+    b = batch(14)
+    obj = cp.Objective.preset("grpo_r1")  # β = 0.04: the reference log-probabilities count
+    adv = obj.advantages(b["rewards"], 4)
+    half = {k: b[k].to(torch.bfloat16) for k in ("lp", "old", "ref")}
+    loss16 = obj.loss(half["lp"], half["old"], adv.to(torch.bfloat16), b["mask"], half["ref"]).loss
+    loss32 = obj.loss(*(half[k].float() for k in ("lp", "old")), adv.to(torch.bfloat16).float(),
+                      b["mask"], half["ref"].float()).loss
+    assert loss16.dtype == torch.float32
+    assert torch.equal(loss16, loss32)
+
+
+def test_the_off_policy_mask_drops_only_negative_advantages():
+    """DeepSeek-V3.2's M: a completion far below π_old is dropped when A_i < 0, kept when A_i ≥ 0."""
+    b = batch(3)
+    obj = cp.Objective.preset("grpo_v32", beta=0.0)
+    far = b["old"] - 0.9  # mean log(π_old/π_θ) = 0.9 > δ = 0.5 on every row
+    for sign, kept in ((-1.0, False), (0.0, True), (1.0, True)):
+        adv = torch.full((12,), sign, dtype=torch.float64)
+        alpha = obj.loss(far, b["old"], adv, b["mask"]).alpha
+        assert bool((alpha[b["mask"] > 0] > 0).all()) is kept, sign
+        assert bool((alpha == 0).all()) is not kept, sign
+
+
+def test_row_weights_by_hand():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    per_row = objective_module.row_weights("seq_mean_token_mean", mask)
+    assert per_row.shape == (3, 1)
+    torch.testing.assert_close(per_row, torch.tensor([[1 / 6], [1 / 3], [1 / 3]]))  # 1/(N·max(|o_i|, 1))
+    one_token = torch.zeros(2, 4)
+    one_token[1, 2] = 1.0
+    assert objective_module.row_weights("token_mean", one_token).item() == 1.0  # 1/Σ|o_j|
+    no_token = torch.zeros(2, 4)
+    assert objective_module.row_weights("token_mean", no_token).item() == 1.0  # 1/max(0, 1)
+
+
+def test_sapo_takes_its_temperatures_exactly_in_float64():
+    """TRL's SAPO with τ = (1.0, 1.05) in float64: (4/τ) σ(τ(s − 1)) A, summed as GRPO sums, to 1e-15."""
+    b = batch(8, spread=0.4)
+    obj = cp.Objective.preset("sapo", beta=0.0)
+    adv = obj.advantages(b["rewards"], 4, b["mask"])
+    loss = obj.loss(b["lp"], b["old"], adv, b["mask"]).loss
+    tau = torch.where(adv > 0, *(torch.tensor(t, dtype=torch.float64) for t in (1.0, 1.05)))
+    s = (b["lp"] - b["old"]).exp()
+    per_token = -(4.0 / tau[:, None]) * torch.sigmoid(tau[:, None] * (s - 1.0)) * adv[:, None]
+    expected = ((per_token * b["mask"]).sum(-1) / b["mask"].sum(-1).clamp(min=1)).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-15, rtol=0)

@@ -100,7 +100,8 @@ def _surrogate(spec, s, adv, logprobs):
         return torch.clamp(s, low, high).detach() * adv * logprobs
     if spec.surrogate == "soft_gate":
         tau_pos, tau_neg = spec.sapo_temperatures
-        tau = torch.where(adv > 0, tau_pos, tau_neg).to(s.dtype)
+        tau_pos, tau_neg = (torch.as_tensor(t, dtype=s.dtype) for t in (tau_pos, tau_neg))
+        tau = torch.where(adv > 0, tau_pos, tau_neg)
         return 4.0 / tau * torch.sigmoid(tau * (s - 1.0)) * adv
     capped = s if spec.ratio_cap is None else torch.clamp(s, max=spec.ratio_cap)
     f = torch.minimum(capped * adv, torch.clamp(s, 1 - spec.clip_low, 1 + spec.clip_high) * adv)
