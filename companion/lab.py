@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from companion.notebook import Progress, under_pytest
-from companion.objective import Objective
+from companion.objective import Objective, _finite_by_sum
 from companion.optim import InstrumentedAdamW
 from companion.policies import Generators
 from companion.tasks import Task
@@ -499,15 +499,13 @@ def _advance_progress(line: Progress | None, progress: bool | None, done: int, t
 def check_finite_parameters(policy: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Raise ``FloatingPointError`` when the optimizer step just taken left NaN or inf in a parameter.
 
-    One sum per parameter and one device sync when all is well: NaN and inf propagate through a sum, so a
-    finite total means finite entries (a sum is ~20x cheaper than ``isfinite().all()`` on CPU); a total that
-    is not finite (or finite entries whose sum overflows) takes the entry-by-entry look. Otherwise the
-    message names the parameters, says whether the gradients going in were already non-finite (then the
-    loss or the rewards are to blame, not the step), and, for an Adam-type optimizer with ``eps == 0``,
-    explains the 0/0.
+    One sum per parameter and one device sync when all is well (``objective._finite_by_sum``); the
+    entry-by-entry look only when the total is not finite. Otherwise the message names the parameters, says
+    whether the gradients going in were already non-finite (then the loss or the rewards are to blame, not
+    the step), and, for an Adam-type optimizer with ``eps == 0``, explains the 0/0.
     """
     params = [p.detach() for p in policy.parameters() if p.requires_grad]
-    if not params or bool(torch.isfinite(sum(p.sum() for p in params))):
+    if not params or _finite_by_sum(params):
         return
     if all(bool(p.isfinite().all()) for p in params):
         return

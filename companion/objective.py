@@ -26,6 +26,7 @@ the loss and the scalar diagnostics get shape (S,), and each batch gets the numb
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any, Literal
@@ -807,11 +808,17 @@ def _check_float_tensor(name: str, x: Any) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
+def _finite_by_sum(tensors: Iterable[Tensor]) -> bool:
+    """True when the sum of every entry of ``tensors`` is finite, which proves every entry finite (NaN and
+    ±inf propagate through a sum): one reduction per tensor and one synchronisation, far cheaper on CPU
+    than ``isfinite().all()``. False proves nothing (finite entries can overflow their sum): look closer."""
+    return bool(torch.isfinite(sum(x.sum() for x in tensors)))
+
+
 def _check_finite(**tensors: Tensor) -> None:
-    """NaN or ±inf in any of ``tensors`` is a ValueError naming it. One reduction per tensor on the fast path:
-    a sum is finite when every term is (an overflowing sum of finite values falls through to the exact test).
-    """
-    if math.isfinite(sum(x.sum() for x in tensors.values()).item()):
+    """NaN or ±inf in any of ``tensors`` is a ValueError naming it (the exact test only where
+    :func:`_finite_by_sum` cannot vouch for them)."""
+    if _finite_by_sum(tensors.values()):
         return
     for name, x in tensors.items():
         bad = (~torch.isfinite(x)).nonzero()
