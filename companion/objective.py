@@ -508,7 +508,7 @@ def _policy_loss(c: _Context) -> Tensor:
 
 
 def _smaller(unclipped: Tensor, clipped: Tensor) -> Tensor:
-    """``torch.minimum(unclipped, clipped)`` with a backward pass several times cheaper (PPO's min, Eq. 3).
+    """``torch.minimum(unclipped, clipped)`` with a backward pass several times cheaper (the min of Eq. 1).
 
     Same value. Where the two are equal, minimum sends half the gradient to each, and inside the clip
     range both halves reach s unchanged, so their sum is the gradient this sends through the clipped term
