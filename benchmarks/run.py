@@ -41,6 +41,24 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 
+def steady_allocator() -> str:
+    """Keep freed memory in the process (glibc: no mmap for blocks up to 32 MiB, no trimming), so that a
+    baseline's parameter-sized temporaries reuse warm pages at every call. Otherwise their cost depends on
+    the allocator's history: torch's foreach AdamW step took 23 or 42 ms on the same 10 M parameters in two
+    processes here, as its temporaries came from reused or from fresh, zero-filled pages. This pins every
+    baseline to its faster state (companion's chunked optimizer step makes no such temporaries)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+    if libc is None or not hasattr(libc, "mallopt"):
+        return "allocator: as the platform sets it (no glibc mallopt)"
+    steady = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    return "allocator: steady (glibc mallopt)" if steady else "allocator: as glibc sets it (mallopt refused)"
+
+
 def markdown(rows_by_repeat: list[list], repeats: int) -> str:
     """A table per benchmark run: the median ratio over repeats and its spread."""
     lines = ["| what | companion (CPU) | baseline (CPU) | ratio | spread | target |",
@@ -71,7 +89,7 @@ def main(argv: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)  # every benchmark runs on one thread
-    print(f"# {datetime.date.today().isoformat()}, {machine()}", flush=True)
+    print(f"# {datetime.date.today().isoformat()}, {machine()}, {steady_allocator()}", flush=True)
     for name in names:
         module = importlib.import_module(f"bench_{name}")
         rows_by_repeat = []

@@ -6,11 +6,14 @@ maximize, foreach on or off; tested over 100 steps). Two ways to get there:
 - any group that is not plain (tensor lr or betas, capturable, differentiable, fused, complex or
   half-precision or non-contiguous tensors): torch's own `step` runs, and the statistics are read from the
   optimizer state afterwards.
-- otherwise, a chunked loop performs torch's single-tensor operations in torch's order on slices of
-  `CHUNK` elements (the same numbers, whatever `foreach` says) and reads the statistics off the intermediates
-  while they are in cache (benchmarks/bench_optimizer.py measures the cost against torch's step). With
-  diagnostics ``"off"`` it is a plain AdamW step, often faster than torch's: no temporaries the size of a
-  parameter, and no slow path of the CPU's sqrt for the exact zeros of v (`_sqrt`).
+- otherwise, parameters of at least `CHUNKED_STEP_SIZE` elements take a chunked loop: torch's single-tensor
+  operations in torch's order on slices of `CHUNK` elements (the same numbers, whatever `foreach` says),
+  the statistics read off the intermediates while they are in cache. Smaller parameters take torch's own
+  loop, a batch at a time (consecutive parameters with the same t, at most `CHUNK` elements in all), and
+  the batch's statistics are read from the state in one pass: per-tensor overhead, not arithmetic, is what
+  small tensors cost. benchmarks/bench_optimizer.py measures both against torch's step. With diagnostics
+  ``"off"`` the step is often faster than torch's: no temporaries the size of a parameter, and no slow path
+  of the CPU's sqrt for the exact zeros of v (`_sqrt`).
 
 All quantities use the bias corrections torch used at that step (t = the parameter's `state["step"]`):
 
@@ -28,7 +31,8 @@ Levels (`diagnostics=`), history keys in brackets:
 - ``"full"``: also ‖Δθ‖ as measured on the parameters [update_norm], cos(Δθ, −g) [cos_update_neg_grad]
   (g is the gradient torch descends along, i.e. −grad with maximize), and the fraction of coordinates whose
   gradient is exactly 0 but whose m is not, so that Adam still moves them (Prop 3) [momentum_only_frac].
-  The chunked step needs no parameter-sized buffer; torch's own step needs one (θ_{t−1}).
+  The step of a plain group keeps θ_{t−1} of one batch of small parameters at a time (at most `CHUNK`
+  elements), never of a whole parameter; torch's own step keeps a parameter-sized copy.
 
 Every row also has [step] (calls to `step`), [batch] (calls to `new_batch`), and per group [lr/group{i}]
 and [t/group{i}] (the bias-correction step of the group's first parameter). Quantities are recorded per
@@ -58,8 +62,8 @@ CHUNK = 1 << 18
 
 # Below this many elements the slow path of sqrt costs less than looking for zeros (`_sqrt`).
 SAFE_SQRT_SIZE = 1 << 14
-# Without diagnostics, parameters of at least this many elements take the chunked step (its temporaries stay
-# in cache); smaller ones take torch's own loop, which spends less Python per tensor.
+# Parameters of at least this many elements take the chunked step (its temporaries stay in cache); smaller
+# ones take torch's own loop, which spends less Python per tensor (with diagnostics: a batch at a time).
 CHUNKED_STEP_SIZE = 1 << 16
 
 CHEAP_KEYS: tuple[str, ...] = (
@@ -155,14 +159,13 @@ def _moment_stats(g: Tensor, m: Tensor, sqrt_v_hat: Tensor, eps: float,
 def _motion_stats(minus_delta: Tensor, g: Tensor, m: Tensor, out: Tensor | None = None) -> list[Tensor]:
     """‖Δθ‖², ⟨Δθ, −g⟩ and the momentum-only count #(g = 0, m ≠ 0) of one chunk, from −Δθ = θ_{t−1} − θ_t.
 
-    With s_x = sign(x): #(g ≠ 0) = ⟨s_g, s_g⟩; when that is every coordinate the count is 0, else it is
+    The count is 0 when min |g| > 0 (one pass); otherwise, with s_x = sign(x), it is
     #(m ≠ 0) − #(g ≠ 0, m ≠ 0) = ⟨s_m, s_m⟩ − ‖s_g ⊙ s_m‖². `minus_delta` is overwritten once used.
     """
     motion = [torch.dot(minus_delta, minus_delta), torch.dot(minus_delta, g)]
+    if torch.abs(g, out=out).amin().item() > 0:
+        return [*motion, motion[0].new_zeros(())]
     s_g = torch.sign(g, out=out)
-    g_count = torch.dot(s_g, s_g)
-    if g_count.item() == g.numel():
-        return [*motion, g_count.new_zeros(())]
     s_m = torch.sign(m, out=minus_delta)
     m_count = torch.dot(s_m, s_m)
     both = s_m.mul_(s_g)
@@ -332,10 +335,10 @@ class InstrumentedAdamW(torch.optim.AdamW):
         """One AdamW step (torch's maths, bit for bit); then, unless diagnostics are off, one history row.
 
         Plain groups (contiguous fp32/fp64 CPU tensors, float lr and betas, no capturable/differentiable/
-        fused) are stepped by a chunked loop that performs torch's operations in torch's order and reads the
-        statistics off the intermediates while they are in cache; anything else is stepped by torch itself
-        and the statistics are read from the state afterwards (then "full" keeps θ_{t−1} in one
-        parameter-sized buffer).
+        fused): large parameters by a chunked loop that performs torch's operations in torch's order and
+        reads the statistics off the intermediates while they are in cache, small ones by torch's loop a
+        batch at a time. Anything else is stepped by torch itself and the statistics are read from the state
+        afterwards (then "full" keeps θ_{t−1} in one parameter-sized buffer).
         """
         if not all(_fusable(group) for group in self.param_groups):
             if self._diagnostics == "off":
@@ -351,7 +354,7 @@ class InstrumentedAdamW(torch.optim.AdamW):
             return loss
         self._steps_taken += 1
         full = self._diagnostics == "full"
-        per_group = [self._fused_group_step(group, self._diagnostics) for group in self.param_groups]
+        per_group = [self._group_step_with_stats(group, self._diagnostics) for group in self.param_groups]
         self._record(per_group, full)
         return loss
 
@@ -413,22 +416,58 @@ class InstrumentedAdamW(torch.optim.AdamW):
         """A step without statistics: parameters of ``CHUNKED_STEP_SIZE`` elements or more through the chunked
         loop (no parameter-sized temporaries, no slow sqrt of zeros), the smaller ones through torch's own
         loop (less Python per tensor). The same numbers either way."""
-        small = [p for p in group["params"] if p.grad is not None and p.numel() < CHUNKED_STEP_SIZE]
+        small, large = _split_by_size(group["params"])
         if small:
-            lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
-            has_complex = self._init_group({**group, "params": small}, *lists)
-            _torch_adam(*lists, foreach=group["foreach"], capturable=False, differentiable=False,
-                        fused=None, has_complex=has_complex, decoupled_weight_decay=True,
-                        amsgrad=group["amsgrad"], beta1=group["betas"][0], beta2=group["betas"][1],
-                        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                        maximize=group["maximize"])
-        if len(small) < len(group["params"]):
-            large = [p for p in group["params"] if p.numel() >= CHUNKED_STEP_SIZE]
+            self._torch_step(group, small)
+        if large:
             self._fused_group_step({**group, "params": large}, "off")
 
+    def _torch_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """torch's functional AdamW (its `step` without the hooks) on some of a group's parameters."""
+        lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
+        has_complex = self._init_group({**group, "params": params}, *lists)
+        _torch_adam(*lists, foreach=group["foreach"], capturable=False, differentiable=False, fused=None,
+                    has_complex=has_complex, decoupled_weight_decay=True, amsgrad=group["amsgrad"],
+                    beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"],
+                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+
     @torch.no_grad()
-    def _fused_group_step(self, group: dict[str, Any], level: str) -> tuple[Tensor | None, float]:
-        """torch's `_single_tensor_adam` (non-capturable branch), chunk by chunk, plus the statistics."""
+    def _group_step_with_stats(self, group: dict[str, Any], level: str) -> tuple[Tensor | None, float]:
+        """A plain group's step and statistics: large parameters through the chunked loop, small ones a batch
+        at a time (at most CHUNK elements, the same t) through torch's own loop, their statistics read from
+        the state in one pass per batch. θ_{t−1} of a batch is kept in one buffer of that size."""
+        small, large = _split_by_size(group["params"])
+        rows: list[Tensor] = []
+        scales: list[float] = []
+        numel = 0
+        for batch in _batches(small, self._steps_so_far):
+            before = torch.cat([p.detach().reshape(-1) for p in batch]) if level == "full" else None
+            self._torch_step(group, batch)
+            befores = before.split([p.numel() for p in batch]) if before is not None else None
+            batch_rows, batch_scales, batch_numel = self._rows_from_state(group, batch, befores)
+            rows += batch_rows
+            scales += batch_scales
+            numel += batch_numel
+        if large:
+            large_rows, large_scales, large_numel = self._fused_group_step({**group, "params": large}, level)
+            rows += large_rows
+            scales += large_scales
+            numel += large_numel
+        return _group_stats(rows, scales, numel), self._first_step(group)
+
+    def _steps_so_far(self, p: Tensor) -> float:
+        state = self.state.get(p)
+        return float(state["step"]) if state else 0.0
+
+    def _first_step(self, group: dict[str, Any]) -> float:
+        """t of the group's first parameter with a gradient (NaN if none): the group's t column."""
+        return next((float(self.state[p]["step"]) for p in group["params"]
+                     if p.grad is not None and self.state.get(p)), math.nan)
+
+    @torch.no_grad()
+    def _fused_group_step(self, group: dict[str, Any], level: str) -> tuple[list[Tensor], list[float], int]:
+        """torch's `_single_tensor_adam` (non-capturable branch), chunk by chunk, plus the statistics: one
+        (chunks, k) row tensor per parameter, 1 − β1^t per chunk, and the element count."""
         params: list[Tensor] = []
         grads: list[Tensor] = []
         exp_avgs: list[Tensor] = []
@@ -439,12 +478,10 @@ class InstrumentedAdamW(torch.optim.AdamW):
         beta1, beta2 = group["betas"]
         rows: list[Tensor] = []
         scales: list[float] = []
-        numel, t = 0, math.nan
+        numel = 0
         for i, p in enumerate(params):
             steps[i] += 1
-            step = float(steps[i])
-            t = step if math.isnan(t) else t
-            bc1, bc2_sqrt = bias_corrections(beta1, beta2, step)
+            bc1, bc2_sqrt = bias_corrections(beta1, beta2, float(steps[i]))
             hyper = _Hyper(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                            eps=group["eps"], bc2_sqrt=bc2_sqrt, step_size=group["lr"] / bc1,
                            maximize=group["maximize"])
@@ -460,7 +497,7 @@ class InstrumentedAdamW(torch.optim.AdamW):
                 rows.append(torch.stack(parts).view(-(-p.numel() // CHUNK), -1))
                 scales += [bc1] * rows[-1].shape[0]
                 numel += p.numel()
-        return _group_stats(rows, scales, numel, flip_dg=False), t
+        return rows, scales, numel
 
     def _workspace(self, p: Tensor) -> tuple[Tensor, ...]:
         """Three scratch vectors of at least min(CHUNK, p.numel()) elements for `p`'s dtype and device (at
@@ -503,38 +540,47 @@ class InstrumentedAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def _group_stats_from_state(self, group: dict[str, Any], full: bool) -> tuple[Tensor | None, float]:
         """Statistics of a group that torch has just stepped, read from its state (and the θ snapshot)."""
+        params = [p for p in group["params"] if p.grad is not None and self.state.get(p) and p.numel() > 0]
+        befores = [self._snapshots[p] for p in params] if full else None
+        rows, scales, numel = self._rows_from_state(group, params, befores)
+        return _group_stats(rows, scales, numel), self._first_step({"params": params})
+
+    def _rows_from_state(self, group: dict[str, Any], params: list[Tensor],
+                         befores: list[Tensor] | None) -> tuple[list[Tensor], list[float], int]:
+        """Statistics rows of parameters torch has just stepped (`befores`: their θ_{t−1}, for "full"): a
+        large parameter chunk by chunk, small ones joined, a batch per pass (`_batches`)."""
         beta1, beta2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
+        before_of = dict(zip(map(id, params), befores, strict=True)) if befores is not None else None
         rows: list[Tensor] = []
         scales: list[float] = []
-        numel, t = 0, math.nan
-        for p in group["params"]:
-            state = self.state.get(p)
-            if p.grad is None or not state or p.numel() == 0:
-                continue
-            step = float(state["step"])
-            t = step if math.isnan(t) else t
-            bc1, bc2_sqrt = bias_corrections(beta1, beta2, step)
-            flat = [_flat(x) for x in (p.grad, state["exp_avg"], second_moment(state, group["amsgrad"]))]
-            if full:
-                flat += [_flat(p), _flat(self._snapshots[p])]
-            param_rows = []
+        numel = 0
+        for batch in _batches(params, lambda p: (self._steps_so_far(p), _flat(p).dtype, p.device)):
+            bc1, bc2_sqrt = bias_corrections(beta1, beta2, self._steps_so_far(batch[0]))
+            states = [self.state[p] for p in batch]
+            flat = [_joined([p.grad for p in batch]), _joined([s["exp_avg"] for s in states]),
+                    _joined([second_moment(s, group["amsgrad"]) for s in states])]
+            if before_of is not None:
+                flat += [_joined(batch), _joined([before_of[id(p)] for p in batch])]
+            batch_rows = []
             for start, size in _chunks(flat[0].numel()):
                 g, m, v, *motion = (x.narrow(0, start, size) for x in flat)
                 theta, before = motion if motion else (None, None)
-                param_rows.append(_chunk_stats_from_state(g, m, v, bc2_sqrt, eps, theta, before))
-            rows.append(torch.stack(param_rows))
-            scales += [bc1] * len(param_rows)
+                batch_rows.append(_chunk_stats_from_state(g, m, v, bc2_sqrt, eps, theta, before))
+            batch_rows_t = torch.stack(batch_rows)
+            if group["maximize"] and before_of is not None:  # torch descends along +grad: flip ⟨Δθ, g⟩
+                batch_rows_t[:, _STATS.index("dg")] *= -1
+            rows.append(batch_rows_t)
+            scales += [bc1] * len(batch_rows)
             numel += flat[0].numel()
-        return _group_stats(rows, scales, numel, flip_dg=group["maximize"]), t
+        return rows, scales, numel
 
 
-def _group_stats(chunk_rows: list[Tensor], bc1: list[float], numel: int, flip_dg: bool) -> Tensor | None:
-    """Reduce a group's chunk rows (one (chunks, k) tensor per parameter, `bc1` per chunk) to one float64 CPU
-    row over all `_STATS` columns, None when no parameter had a gradient.
+def _group_stats(chunk_rows: list[Tensor], bc1: list[float], numel: int) -> Tensor | None:
+    """Reduce a group's chunk rows ((chunks, k) tensors, `bc1` per chunk) to one float64 CPU row over all
+    `_STATS` columns, None when no parameter had a gradient.
 
-    m̂ = m / bc1 turns ‖m‖² and ‖m/(√v̂+ε)‖² into their m̂ forms. `flip_dg`: with maximize torch descends
-    along +grad, so ⟨Δθ, −g_eff⟩ = −⟨Δθ, −grad⟩.
+    m̂ = m / bc1 turns ‖m‖² and ‖m/(√v̂+ε)‖² into their m̂ forms.
     """
     if not chunk_rows:
         return None
@@ -544,11 +590,38 @@ def _group_stats(chunk_rows: list[Tensor], bc1: list[float], numel: int, flip_dg
     rows[:, _STATS.index("uu")] /= scale
     stats = _reduce_rows(rows)
     missing = len(_STATS) - 1 - stats.numel()
-    stats = torch.cat([stats, torch.full((missing,), math.nan, dtype=torch.float64),
-                       torch.tensor([float(numel)], dtype=torch.float64)])
-    if flip_dg:
-        stats[_STATS.index("dg")] *= -1
-    return stats
+    return torch.cat([stats, torch.full((missing,), math.nan, dtype=torch.float64),
+                      torch.tensor([float(numel)], dtype=torch.float64)])
+
+
+def _split_by_size(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """The parameters with a gradient, split into those under ``CHUNKED_STEP_SIZE`` elements and the rest."""
+    with_grad = [p for p in params if p.grad is not None]
+    return ([p for p in with_grad if p.numel() < CHUNKED_STEP_SIZE],
+            [p for p in with_grad if p.numel() >= CHUNKED_STEP_SIZE])
+
+
+def _batches(params: list[Tensor], key: Callable[[Tensor], object]) -> Iterable[list[Tensor]]:
+    """Runs of consecutive parameters with the same key and at most CHUNK elements in all (a larger
+    parameter is a batch of its own), so that their statistics take one pass."""
+    batch: list[Tensor] = []
+    size, batch_key = 0, None
+    for p in params:
+        p_key = key(p)
+        if batch and (p_key != batch_key or size + p.numel() > CHUNK):
+            yield batch
+            batch, size = [], 0
+        batch.append(p)
+        size += p.numel()
+        batch_key = p_key
+    if batch:
+        yield batch
+
+
+def _joined(tensors: list[Tensor]) -> Tensor:
+    """One flat real vector of the tensors' elements (`_flat` of each; a copy when there are several)."""
+    flat = [_flat(t) for t in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat)
 
 
 def _fusable(group: dict[str, Any]) -> bool:

@@ -20,6 +20,7 @@ SHAPES = [(TEST_CHUNK + 123,), (33, 7), (5,)]  # one parameter spans two chunks
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     monkeypatch.setattr(optim, "CHUNK", TEST_CHUNK)
+    monkeypatch.setattr(optim, "CHUNKED_STEP_SIZE", 1000)  # the first parameter chunked, the others batched
 
 
 def make_params(dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
@@ -134,13 +135,19 @@ def test_state_dict_swaps_both_ways_bit_identical():
 
 
 def reference_diagnostics(params, opt, before, eps, beta1, beta2, amsgrad, maximize=False):
-    """Independent fp64 recomputation from torch.optim.AdamW's state and the parameters before/after."""
+    """Independent fp64 recomputation from torch.optim.AdamW's state and the parameters before/after: over
+    the parameters that had a gradient, each with its own step t."""
+    kept = [i for i, p in enumerate(params) if p.grad is not None]
+    params, before = [params[i] for i in kept], [before[i] for i in kept]
+
+    def bias_corrected(key, beta):
+        return torch.cat([opt.state[p][key].double().reshape(-1) / (1 - beta ** float(opt.state[p]["step"]))
+                          for p in params])
+
     g = torch.cat([p.grad.double().reshape(-1) for p in params])
     g_eff = -g if maximize else g
-    step = float(opt.state[params[0]]["step"])
-    m = torch.cat([opt.state[p]["exp_avg"].double().reshape(-1) for p in params]) / (1 - beta1**step)
-    key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"
-    v = torch.cat([opt.state[p][key].double().reshape(-1) for p in params]) / (1 - beta2**step)
+    m = bias_corrected("exp_avg", beta1)
+    v = bias_corrected("max_exp_avg_sq" if amsgrad else "exp_avg_sq", beta2)
     delta = torch.cat([(p.double() - b.double()).reshape(-1) for p, b in zip(params, before, strict=True)])
     u = m / (v.sqrt() + eps)
     return {
@@ -677,3 +684,67 @@ print("torch._dynamo" in sys.modules)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_small_parameters_are_read_in_batches_and_match_the_reference(monkeypatch, tensor_lr, maximize):
+    """Parameters under CHUNKED_STEP_SIZE take torch's loop; their statistics are read a batch at a time:
+    consecutive parameters with the same t and at most CHUNK elements in all. Here 40 small parameters
+    (231 elements, 17 per batch), one of which misses its gradient every third step (a different t), next
+    to one chunked parameter; the diagnostics match the fp64 reference, the parameters torch's."""
+    passes = []
+    original = optim._chunk_stats_from_state
+    monkeypatch.setattr(optim, "_chunk_stats_from_state",
+                        lambda g, *a: passes.append(g.numel()) or original(g, *a))
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(TEST_CHUNK + 5,), *[(33, 7)] * 40]
+    start = [torch.randn(s, dtype=torch.float64, generator=gen) for s in shapes]
+    ref_params = [torch.nn.Parameter(x.clone()) for x in start]
+    got_params = [torch.nn.Parameter(x.clone()) for x in start]
+    lr = torch.tensor(1e-2) if tensor_lr else 1e-2
+    kw = dict(lr=lr, betas=(0.9, 0.95), eps=1e-3, weight_decay=0.1, maximize=maximize, foreach=False)
+    ref = torch.optim.AdamW(ref_params, **kw)
+    got = InstrumentedAdamW(got_params, diagnostics="full", **kw)
+    for step in range(9):
+        passes.clear()
+        for i, (rp, gp) in enumerate(zip(ref_params, got_params, strict=True)):
+            grad = torch.randn(rp.shape, dtype=torch.float64, generator=gen) * 1e-3
+            grad.view(-1)[::4] = 0
+            skip = i == 20 and step % 3 == 1
+            rp.grad, gp.grad = (None, None) if skip else (grad.clone(), grad.clone())
+        before = [p.detach().clone() for p in ref_params]
+        ref.step()
+        got.step()
+        expected = reference_diagnostics(ref_params, ref, before, 1e-3, 0.9, 0.95, False, maximize)
+        for key, value in expected.items():
+            assert got.history[key][-1] == pytest.approx(value, rel=1e-9, abs=1e-15), (step, key)
+        # batches of 17 x 231 = 3927 elements; once parameter 20 lags behind (it missed step 1), its t
+        # differs from its neighbours' and it is read on its own
+        if step == 0:
+            small = [3927, 3927, 6 * 231]
+        elif step % 3 == 1:  # parameter 20 has no gradient: it is left out
+            small = [3927, 3927, 5 * 231]
+        else:
+            small = [3927, 2 * 231, 231, 3927, 3 * 231]
+        chunked = [TEST_CHUNK, 5] if tensor_lr else []  # torch's step: the large one is read from the state
+        assert passes == chunked + small, step
+    assert all(torch.equal(a, b) for a, b in zip(ref_params, got_params, strict=True))
+    assert got._snapshots == {} or tensor_lr  # the chunked step keeps no parameter-sized buffer
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extremes_of_sqrt_v_hat_are_those_of_the_vector_bit_for_bit(dtype):
+    """min/max √v̂ of a chunked parameter (two chunks and a tail): the extremes of the vector torch divides
+    by, bit for bit."""
+    gen = torch.Generator().manual_seed(4)
+    p = torch.nn.Parameter(torch.randn(2 * TEST_CHUNK + 7, dtype=dtype, generator=gen))
+    opt = InstrumentedAdamW([p], betas=(0.9, 0.95), diagnostics="cheap")
+    for _ in range(3):
+        p.grad = torch.randn(p.shape, dtype=dtype, generator=gen) * torch.rand(p.shape, dtype=dtype,
+                                                                              generator=gen) ** 4
+        opt.step()
+        t = float(opt.state[p]["step"])
+        sqrt_v_hat = opt.state[p]["exp_avg_sq"].sqrt() / (1 - 0.95**t) ** 0.5
+        assert opt.history["sqrt_v_hat_min"][-1] == float(sqrt_v_hat.min())
+        assert opt.history["sqrt_v_hat_max"][-1] == float(sqrt_v_hat.max())
