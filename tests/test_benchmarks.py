@@ -73,6 +73,6 @@ def test_the_gpu_check_runs_on_the_cpu_in_a_cheap_mode(tmp_path):
     assert any(line.startswith("lab_tabular_8_seeds_10_steps_cpu ") for line in lines)
     ratios = [line for line in lines if "_ratio " in line]  # benchmarks/run.py all --quick, every ratio
     for name in ("lab_tabular", "lab_tabular_fast", "lab_gpt2", "objective_grpo",
-                 "optimizer_full_foreach_False"):
+                 "optimizer_full_foreach_False", "optimizer_full_tiny"):
         assert any(line.startswith(f"{name}_ratio ") for line in ratios), (name, out.stdout)
     assert all(float(line.split()[1]) > 0 for line in ratios)

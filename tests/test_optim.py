@@ -751,15 +751,15 @@ def test_extremes_of_sqrt_v_hat_are_those_of_the_vector_bit_for_bit(dtype):
 
 
 def test_batches_are_runs_of_one_key_that_fill_at_most_a_chunk():
-    sizes = [512] * 16 + [100, TEST_CHUNK + 1, 7]
-    keys = [0] * 10 + [1] * 6 + [1, 1, 1]
+    sizes = [512] * 16 + [512, 512, 100, TEST_CHUNK + 1, 7]
+    keys = [0] * 16 + [1] * 5
     tensors = [torch.zeros(n) for n in sizes]
     key_of = {id(t): k for t, k in zip(tensors, keys, strict=True)}
     batches = list(optim._batches(tensors, lambda t: key_of[id(t)]))
     assert [[t.numel() for t in b] for b in batches] == [
         [512] * 8,  # exactly TEST_CHUNK elements: one batch
-        [512] * 2,  # the key changes
-        [512] * 6 + [100],
+        [512] * 8,  # and the next one, started because the first was full
+        [512, 512, 100],  # the key changed
         [TEST_CHUNK + 1],  # larger than a chunk: a batch of its own
         [7],
     ]
