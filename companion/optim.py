@@ -434,19 +434,18 @@ class InstrumentedAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def _group_step_with_stats(self, group: dict[str, Any], level: str) -> tuple[Tensor | None, float]:
         """A plain group's step and statistics: large parameters through the chunked loop, small ones a batch
-        at a time (at most CHUNK elements, the same t) through torch's own loop, their statistics read from
-        the state in one pass per batch. θ_{t−1} of a batch is kept in one buffer of that size."""
+        at a time (`_batches`) through torch's own loop, their statistics read from the state in one pass
+        per batch. θ_{t−1} of a batch is kept in one buffer of that size."""
         small, large = _split_by_size(group["params"])
         rows: list[Tensor] = []
         scales: list[float] = []
         numel = 0
-        for batch in _batches(small, self._steps_so_far):
+        for batch in _batches(small, self._batch_key):
             before = torch.cat([p.detach().reshape(-1) for p in batch]) if level == "full" else None
             self._torch_step(group, batch)
-            befores = before.split([p.numel() for p in batch]) if before is not None else None
-            batch_rows, batch_scales, batch_numel = self._rows_from_state(group, batch, befores)
-            rows += batch_rows
-            scales += batch_scales
+            batch_rows, bc1, batch_numel = self._batch_rows_from_state(group, batch, before)
+            rows.append(batch_rows)
+            scales += [bc1] * batch_rows.shape[0]
             numel += batch_numel
         if large:
             large_rows, large_scales, large_numel = self._fused_group_step({**group, "params": large}, level)
@@ -458,6 +457,11 @@ class InstrumentedAdamW(torch.optim.AdamW):
     def _steps_so_far(self, p: Tensor) -> float:
         state = self.state.get(p)
         return float(state["step"]) if state else 0.0
+
+    def _batch_key(self, p: Tensor) -> tuple[float, torch.dtype, torch.device]:
+        """Parameters read in one pass share t (so the bias corrections), the dtype they are read in, and
+        the device."""
+        return self._steps_so_far(p), _flat(p).dtype, p.device
 
     def _first_step(self, group: dict[str, Any]) -> float:
         """t of the group's first parameter with a gradient (NaN if none): the group's t column."""
@@ -547,33 +551,40 @@ class InstrumentedAdamW(torch.optim.AdamW):
 
     def _rows_from_state(self, group: dict[str, Any], params: list[Tensor],
                          befores: list[Tensor] | None) -> tuple[list[Tensor], list[float], int]:
-        """Statistics rows of parameters torch has just stepped (`befores`: their θ_{t−1}, for "full"): a
-        large parameter chunk by chunk, small ones joined, a batch per pass (`_batches`)."""
-        beta1, beta2 = (float(b) for b in group["betas"])
-        eps = float(group["eps"])
+        """Statistics rows of parameters torch has just stepped (`befores`: their θ_{t−1}, for "full"), a
+        batch per pass (`_batches`), and 1 − β1^t per row and the element count."""
         before_of = dict(zip(map(id, params), befores, strict=True)) if befores is not None else None
         rows: list[Tensor] = []
         scales: list[float] = []
         numel = 0
-        for batch in _batches(params, lambda p: (self._steps_so_far(p), _flat(p).dtype, p.device)):
-            bc1, bc2_sqrt = bias_corrections(beta1, beta2, self._steps_so_far(batch[0]))
-            states = [self.state[p] for p in batch]
-            flat = [_joined([p.grad for p in batch]), _joined([s["exp_avg"] for s in states]),
-                    _joined([second_moment(s, group["amsgrad"]) for s in states])]
-            if before_of is not None:
-                flat += [_joined(batch), _joined([before_of[id(p)] for p in batch])]
-            batch_rows = []
-            for start, size in _chunks(flat[0].numel()):
-                g, m, v, *motion = (x.narrow(0, start, size) for x in flat)
-                theta, before = motion if motion else (None, None)
-                batch_rows.append(_chunk_stats_from_state(g, m, v, bc2_sqrt, eps, theta, before))
-            batch_rows_t = torch.stack(batch_rows)
-            if group["maximize"] and before_of is not None:  # torch descends along +grad: flip ⟨Δθ, g⟩
-                batch_rows_t[:, _STATS.index("dg")] *= -1
-            rows.append(batch_rows_t)
-            scales += [bc1] * len(batch_rows)
-            numel += flat[0].numel()
+        for batch in _batches(params, self._batch_key):
+            before = None if before_of is None else _joined([before_of[id(p)] for p in batch])
+            batch_rows, bc1, batch_numel = self._batch_rows_from_state(group, batch, before)
+            rows.append(batch_rows)
+            scales += [bc1] * batch_rows.shape[0]
+            numel += batch_numel
         return rows, scales, numel
+
+    def _batch_rows_from_state(self, group: dict[str, Any], batch: list[Tensor],
+                               before: Tensor | None) -> tuple[Tensor, float, int]:
+        """The (chunks, k) statistics rows of one batch (`before`: its θ_{t−1}, flat, for "full"), its
+        1 − β1^t and its element count: a large parameter chunk by chunk, small ones joined."""
+        beta1, beta2 = (float(b) for b in group["betas"])
+        bc1, bc2_sqrt = bias_corrections(beta1, beta2, self._steps_so_far(batch[0]))
+        states = [self.state[p] for p in batch]
+        flat = [_joined([p.grad for p in batch]), _joined([s["exp_avg"] for s in states]),
+                _joined([second_moment(s, group["amsgrad"]) for s in states])]
+        if before is not None:
+            flat += [_joined(batch), before]
+        rows = []
+        for start, size in _chunks(flat[0].numel()):
+            g, m, v, *motion = (x.narrow(0, start, size) for x in flat)
+            theta, before_chunk = motion if motion else (None, None)
+            rows.append(_chunk_stats_from_state(g, m, v, bc2_sqrt, float(group["eps"]), theta, before_chunk))
+        batch_rows = torch.stack(rows)
+        if group["maximize"] and before is not None:  # torch descends along +grad: flip ⟨Δθ, g⟩
+            batch_rows[:, _STATS.index("dg")] *= -1
+        return batch_rows, bc1, flat[0].numel()
 
 
 def _group_stats(chunk_rows: list[Tensor], bc1: list[float], numel: int) -> Tensor | None:

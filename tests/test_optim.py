@@ -764,3 +764,33 @@ def test_batches_are_runs_of_one_key_that_fill_at_most_a_chunk():
         [7],
     ]
     assert list(optim._batches([], lambda t: 0)) == []
+
+
+def test_a_group_of_float32_and_float64_parameters_is_read_one_dtype_per_pass(monkeypatch):
+    """Small parameters of two dtypes in one group: a batch never mixes them (its θ_{t−1}, g, m and v are
+    joined in the parameters' own dtype); parameters stay torch's, diagnostics match the fp64 reference."""
+    passes = []
+    original = optim._chunk_stats_from_state
+    monkeypatch.setattr(optim, "_chunk_stats_from_state",
+                        lambda g, *a: passes.append((g.dtype, g.numel())) or original(g, *a))
+    gen = torch.Generator().manual_seed(6)
+    dtypes = [torch.float32, torch.float32, torch.float64, torch.float64, torch.float32]
+    start = [torch.randn(50, dtype=d, generator=gen) for d in dtypes]
+    ref_params = [torch.nn.Parameter(x.clone()) for x in start]
+    got_params = [torch.nn.Parameter(x.clone()) for x in start]
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-3, weight_decay=0.1)
+    ref = torch.optim.AdamW(ref_params, **kw)
+    got = InstrumentedAdamW(got_params, diagnostics="full", **kw)
+    for _ in range(4):
+        passes.clear()
+        for rp, gp in zip(ref_params, got_params, strict=True):
+            grad = torch.randn(rp.shape, dtype=rp.dtype, generator=gen) * 1e-3
+            rp.grad, gp.grad = grad.clone(), grad.clone()
+        before = [p.detach().clone() for p in ref_params]
+        ref.step()
+        got.step()
+        expected = reference_diagnostics(ref_params, ref, before, 1e-3, 0.9, 0.95, False)
+        for key, value in expected.items():
+            assert got.history[key][-1] == pytest.approx(value, rel=1e-5, abs=1e-12), key
+        assert passes == [(torch.float32, 100), (torch.float64, 100), (torch.float32, 50)]
+    assert all(torch.equal(a, b) for a, b in zip(ref_params, got_params, strict=True))
