@@ -71,7 +71,9 @@ def test_the_gpu_check_runs_on_the_cpu_in_a_cheap_mode(tmp_path):
     assert any(line.startswith("chapter ch98_good ") and line.endswith(" ok") for line in lines)
     assert any(line.startswith("chapter ch99_bad ") and "broken chapter" in line for line in lines)
     assert any(line.startswith("lab_tabular_8_seeds_10_steps_cpu ") for line in lines)
-    ratios = [line for line in lines if "_ratio " in line]  # benchmarks/run.py all --quick, every ratio
+    # benchmarks/run.py all --quick: its header (baselines with glibc's allocator kept steady), every ratio
+    assert any(line.startswith("# ") and line.endswith("allocator: steady (glibc mallopt)") for line in lines)
+    ratios = [line for line in lines if "_ratio " in line]
     for name in ("lab_tabular", "lab_tabular_fast", "lab_gpt2", "objective_grpo",
                  "optimizer_full_foreach_False", "optimizer_full_tiny"):
         assert any(line.startswith(f"{name}_ratio ") for line in ratios), (name, out.stdout)
